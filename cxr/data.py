@@ -1,0 +1,222 @@
+"""Label file parsing, patient-level splits, leakage checks and class frequencies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr import config
+
+# Columns of the official NIH label file that the project reads.
+LABEL_FILE_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")
+# Pixel size of the files in each image folder of the data directory.
+FOLDER_RESOLUTION = {config.FULL_RESOLUTION_DIR: 512, config.LOW_RESOLUTION_DIR: 64}
+SPLITS = ("train", "valid", "test")
+
+
+def read_label_file(path: str | Path) -> pd.DataFrame:
+    """Read the NIH label file (``.csv`` or ``.csv.gz``) and check that it has the columns we need.
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+        ValueError: if a required column is missing, naming it and the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Label file {path} not found: fetch it with `python download_data.py`.")
+    table = pd.read_csv(path)
+    missing = [column for column in LABEL_FILE_COLUMNS if column not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; expected the NIH header with {list(LABEL_FILE_COLUMNS)}. "
+            "Use the official Data_Entry_2017_v2020.csv."
+        )
+    return table
+
+
+def findings_to_columns(
+    findings: pd.Series, labels: tuple[str, ...] = config.LABELS, source: str = "label file"
+) -> pd.DataFrame:
+    """Turn ``Finding Labels`` strings ("Effusion|Mass", "No Finding") into one 0/1 column per label.
+
+    ``No Finding`` means all zeros unless it is itself one of ``labels`` (the 4-class variant).
+
+    Raises:
+        ValueError: for a name that is neither a finding nor "No Finding", naming the row and the name.
+    """
+    known = set(config.LABELS) | {config.NO_FINDING}
+    columns = {label: np.zeros(len(findings), dtype=np.int8) for label in labels}
+    for position, (row, text) in enumerate(findings.items()):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{source} row {row}: empty 'Finding Labels'; use 'No Finding' for a normal image.")
+        for name in text.split("|"):
+            name = name.strip()
+            if name not in known:
+                raise ValueError(
+                    f"{source} row {row}: unknown finding {name!r} in 'Finding Labels'; "
+                    f"expected one of {sorted(known)}."
+                )
+            if name in columns:
+                columns[name][position] = 1
+    return pd.DataFrame(columns, index=findings.index)
+
+
+def build_metadata(data_dir: str | Path | None = None, labels: tuple[str, ...] = config.LABELS) -> pd.DataFrame:
+    """One row per image file present in the data directory, with course-compatible columns.
+
+    Returns:
+        DataFrame with ``Image``, one 0/1 column per label, ``PatientId``, ``ViewPosition`` and
+        ``Resolution`` (pixel size of the file: 512 in ``images/``, 64 in ``images-64/``).
+    """
+    root = config.data_dir(data_dir)
+    label_file = root / config.LABEL_FILE
+    table = read_label_file(label_file)
+    frames = []
+    for folder, resolution in FOLDER_RESOLUTION.items():
+        if not (root / folder).is_dir():
+            continue
+        present = table[table["Image Index"].isin({p.name for p in (root / folder).iterdir()})]
+        frames.append(present.assign(Resolution=resolution))
+    if not frames:
+        raise FileNotFoundError(f"{root}: neither images/ nor images-64/ exists; nothing to read.")
+    present = pd.concat(frames)
+    # The CSV line number (header is line 1) names the row in error messages.
+    present.index = present.index + 2
+    findings = findings_to_columns(present["Finding Labels"], labels, source=str(label_file))
+    metadata = pd.concat(
+        [
+            present[["Image Index"]].rename(columns={"Image Index": "Image"}),
+            findings,
+            present[["Patient ID", "View Position", "Resolution"]].rename(
+                columns={"Patient ID": "PatientId", "View Position": "ViewPosition"}
+            ),
+        ],
+        axis=1,
+    )
+    return metadata.sort_values("Image").reset_index(drop=True)
+
+
+def image_path(row: pd.Series, data_dir: Path) -> Path:
+    """Where the file of a metadata/split row lives."""
+    folder = config.FULL_RESOLUTION_DIR if row["Resolution"] != 64 else config.LOW_RESOLUTION_DIR
+    return data_dir / folder / row["Image"]
+
+
+def iterative_stratification(
+    label_matrix: np.ndarray, fractions: tuple[float, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """Assign each row of a multi-label matrix to a fold (Sechidis et al., ECML PKDD 2011).
+
+    The rarest label still unassigned is dealt out first, each row going to the fold that most
+    lacks that label, so rare findings are spread as evenly as their counts allow.
+
+    Returns:
+        int array of fold indices, one per row.
+    """
+    n_rows = len(label_matrix)
+    fractions = np.asarray(fractions, dtype=float)
+    wanted_per_label = np.outer(fractions, label_matrix.sum(axis=0))
+    wanted_rows = fractions * n_rows
+    folds = np.full(n_rows, -1)
+    while (folds < 0).any():
+        remaining = folds < 0
+        counts = label_matrix[remaining].sum(axis=0)
+        if counts.sum() == 0:
+            rows = np.flatnonzero(remaining)
+            label = None
+        else:
+            label = np.argmin(np.where(counts > 0, counts, np.inf))
+            rows = np.flatnonzero(remaining & (label_matrix[:, label] > 0))
+        for row in rng.permutation(rows):
+            need = wanted_per_label[:, label] if label is not None else wanted_rows
+            # Ties broken by the fold with most room left, then at random.
+            score = np.lexsort((rng.random(len(fractions)), wanted_rows, need))
+            fold = score[-1]
+            folds[row] = fold
+            wanted_per_label[fold] -= label_matrix[row]
+            wanted_rows[fold] -= 1
+    return folds
+
+
+def split_by_patient(
+    metadata: pd.DataFrame,
+    labels: tuple[str, ...] = config.LABELS,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = config.SEED,
+) -> dict[str, pd.DataFrame]:
+    """Split full-resolution images into train/valid/test by patient, stratified over the labels.
+
+    Low-resolution (64 px) images only ever go to training, and those whose patient is in
+    valid or test are dropped so that no patient crosses splits.
+    """
+    full = metadata[metadata["Resolution"] != 64]
+    low = metadata[metadata["Resolution"] == 64]
+    # Stratify patients on "has ever shown this finding", plus an all-normal flag.
+    per_patient = full.groupby("PatientId")[list(labels)].max()
+    per_patient["normal"] = (per_patient.sum(axis=1) == 0).astype(int)
+    folds = iterative_stratification(per_patient.to_numpy(), fractions, np.random.default_rng(seed))
+    fold_of_patient = dict(zip(per_patient.index, folds))
+    splits = {name: full[full["PatientId"].map(fold_of_patient) == i] for i, name in enumerate(SPLITS)}
+    held_out = set(splits["valid"]["PatientId"]) | set(splits["test"]["PatientId"])
+    low = low[~low["PatientId"].isin(held_out)]
+    splits["train"] = pd.concat([splits["train"], low])
+    return {name: frame.sort_values("Image").reset_index(drop=True) for name, frame in splits.items()}
+
+
+def split_summary(splits: dict[str, pd.DataFrame], labels: tuple[str, ...] = config.LABELS) -> pd.DataFrame:
+    """Images, patients and positives per label for each split (one column per split)."""
+    rows = {}
+    for name, frame in splits.items():
+        rows[name] = {
+            "images": len(frame),
+            "images at 64 px": int((frame["Resolution"] == 64).sum()),
+            "patients": frame["PatientId"].nunique(),
+            **{label: int(frame[label].sum()) for label in labels},
+        }
+    return pd.DataFrame(rows)
+
+
+def read_split(name: str, split_dir: str | Path = config.SPLIT_DIR) -> pd.DataFrame:
+    """Read one of the committed split CSVs (``train``, ``valid`` or ``test``)."""
+    path = Path(split_dir) / f"{name}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"Split file {path} not found: create it with `python split_data.py`.")
+    return pd.read_csv(path)
+
+
+def check_for_leakage(df1: pd.DataFrame, df2: pd.DataFrame, patient_col: str) -> bool:
+    """Return True if any patient appears in both data frames."""
+    return bool(set(df1[patient_col]) & set(df2[patient_col]))
+
+
+def count_shared_patients(df1: pd.DataFrame, df2: pd.DataFrame, patient_col: str) -> int:
+    """How many patients appear in both data frames."""
+    return len(set(df1[patient_col]) & set(df2[patient_col]))
+
+
+def compute_class_freqs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of positive and of negative examples per class.
+
+    Args:
+        labels: (N, num_classes) array of 0/1 labels.
+
+    Returns:
+        positive_frequencies, negative_frequencies: (num_classes,) arrays.
+    """
+    positive_frequencies = np.mean(labels, axis=0)
+    return positive_frequencies, 1 - positive_frequencies
+
+
+def label_matrix(frame: pd.DataFrame, labels: tuple[str, ...] = config.LABELS) -> np.ndarray:
+    """(N, len(labels)) float32 0/1 matrix; ``No Finding`` is derived (no finding positive) if asked for."""
+    columns = []
+    for label in labels:
+        if label == config.NO_FINDING and label not in frame:
+            columns.append((frame[list(config.LABELS)].sum(axis=1) == 0).to_numpy())
+        elif label not in frame:
+            raise ValueError(f"Split table has no column {label!r}; regenerate it with `python split_data.py`.")
+        else:
+            columns.append(frame[label].to_numpy())
+    return np.stack(columns, axis=1).astype(np.float32)

@@ -1,0 +1,113 @@
+"""Reading chest X-ray files into validated 8-bit grayscale arrays, decoded once and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from cxr import data
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be used, with the file (and row) named in the message."""
+
+
+def to_grayscale_array(image: Image.Image) -> np.ndarray:
+    """Convert a PIL image of any common mode to an 8-bit grayscale array.
+
+    16-bit images are scaled to 0..255 (not clipped) from the bit depth their maximum needs, so a
+    12-bit radiograph stored in a 16-bit PNG uses the full range; colour and alpha images are
+    converted to luminance, the alpha channel being dropped.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 2.0 ** max(8, int(np.ceil(np.log2(pixels.max() + 1)))) - 1
+        return np.clip(np.round(pixels / top * 255.0), 0, 255).astype(np.uint8)
+    if image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        span = pixels.max() - pixels.min()
+        return np.round((pixels - pixels.min()) / (span or 1.0) * 255.0).astype(np.uint8)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Read one image file as a (size, size) uint8 grayscale array (original size if ``size`` is None).
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+        ImageReadError: if the file is not a readable image (corrupt, truncated, too large).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file {path} not found.")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now, so a truncated file fails here and not later
+            pixels = to_grayscale_array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"{path}: not a readable image ({error}).") from error
+    if size is not None and pixels.shape != (size, size):
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
+    return pixels
+
+
+def load_images(
+    frame: pd.DataFrame,
+    data_dir: str | Path,
+    size: int,
+    source: str = "split",
+    cache_dir: str | Path | None = None,
+    on_error: str = "raise",
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Decode every image of a split table once, resized to ``size``, optionally cached on disk.
+
+    Args:
+        frame: table with ``Image`` and ``Resolution`` columns (a split CSV).
+        data_dir: NIH data directory.
+        size: output side in pixels.
+        source: name of the table for error messages (e.g. ``data/train.csv``).
+        cache_dir: where to keep a ``.npy`` of the decoded images; None for no disk cache.
+        on_error: ``"raise"`` stops at the first bad row; ``"skip"`` warns and leaves the row out.
+
+    Returns:
+        images: (N, size, size) uint8 array; rows: the rows of ``frame`` that were loaded.
+
+    Raises:
+        FileNotFoundError / ImageReadError naming the table, its row and the file.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    data_dir = Path(data_dir)
+    cache_file = None
+    if cache_dir is not None:
+        key = hashlib.sha1(f"{size}\n{data_dir.resolve()}\n".encode() + "\n".join(frame["Image"]).encode())
+        cache_file = Path(cache_dir) / f"images-{size}px-{key.hexdigest()[:16]}.npy"
+        if cache_file.is_file():
+            return np.load(cache_file), frame
+
+    images, kept = [], []
+    for position, (_, row) in enumerate(frame.iterrows()):
+        path = data.image_path(row, data_dir)
+        try:
+            images.append(read_image(path, size))
+            kept.append(position)
+        except (FileNotFoundError, ImageReadError) as error:
+            # CSV line = position + 2 (the header is line 1).
+            message = f"{source} row {position + 2} (Image={row['Image']}): {error}"
+            if on_error == "raise":
+                raise type(error)(message + " Re-download the file or remove its row.") from error
+            warnings.warn(message + " Skipped.", stacklevel=2)
+    stacked = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+    rows = frame.iloc[kept]
+    if cache_file is not None and len(kept) == len(frame):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache_file.with_suffix(".partial.npy")
+        np.save(partial, stacked)
+        os.replace(partial, cache_file)  # atomic: a killed run never leaves a half-written cache
+    return stacked, rows

@@ -1,0 +1,109 @@
+"""tf.data input pipelines: per-image standardisation and augmentation for training,
+training-set statistics for validation and test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+EPSILON = 1e-7
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random transformations for training images; 0 switches one off."""
+
+    horizontal_flip: bool = True
+    rotation: float = 0.0  # fraction of a full turn, e.g. 0.03 is about 11 degrees
+    zoom: float = 0.0  # fraction of the side
+    shift: float = 0.0  # fraction of the side
+
+    def layers(self, seed: int) -> list[keras.layers.Layer]:
+        layers = []
+        if self.horizontal_flip:
+            layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        if self.rotation:
+            layers.append(keras.layers.RandomRotation(self.rotation, fill_mode="constant", seed=seed + 1))
+        if self.zoom:
+            layers.append(keras.layers.RandomZoom(self.zoom, fill_mode="constant", seed=seed + 2))
+        if self.shift:
+            layers.append(keras.layers.RandomTranslation(self.shift, self.shift, fill_mode="constant", seed=seed + 3))
+        return layers
+
+
+def training_statistics(images: np.ndarray, sample_size: int = 500, seed: int = 0) -> tuple[float, float]:
+    """Pixel mean and standard deviation over a random sample of distinct training images.
+
+    Args:
+        images: (N, H, W) uint8 training images.
+        sample_size: how many images to sample (all of them if there are fewer).
+
+    Returns:
+        (mean, std) as Python floats, in the 0..255 pixel scale.
+    """
+    if len(images) == 0:
+        raise ValueError("training_statistics needs at least one training image.")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(images), size=min(sample_size, len(images)), replace=False)
+    sample = images[chosen].astype(np.float64)
+    return float(sample.mean()), float(sample.std())
+
+
+def _to_model_input(images: tf.Tensor) -> tf.Tensor:
+    """(B, H, W) uint8 -> (B, H, W, 1) float32."""
+    return tf.cast(images, tf.float32)[..., tf.newaxis]
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    training: bool,
+    statistics: tuple[float, float] | None = None,
+    augmentation: Augmentation = Augmentation(),
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """A batched dataset of (B, H, W, 3) float32 images and (B, C) float32 labels.
+
+    Training batches are reshuffled every epoch, augmented, and standardised image by image
+    (each image to mean 0 and std 1). Validation/test batches keep their order and are
+    standardised with the training ``statistics`` (mean, std), so that they are treated the same
+    way whatever else is in the batch.
+    """
+    if not training and statistics is None:
+        raise ValueError("Validation/test pipelines need the training statistics (mean, std).")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label rows.")
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.float32)))
+    if training:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    if training:
+        augment = keras.Sequential(augmentation.layers(seed)) if augmentation.layers(seed) else None
+
+        def prepare(batch, batch_labels):
+            batch = _to_model_input(batch)
+            if augment is not None:
+                batch = augment(batch, training=True)
+            mean = tf.reduce_mean(batch, axis=(1, 2, 3), keepdims=True)
+            std = tf.math.reduce_std(batch, axis=(1, 2, 3), keepdims=True)
+            return tf.repeat((batch - mean) / (std + EPSILON), 3, axis=-1), batch_labels
+
+    else:
+        mean, std = statistics
+
+        def prepare(batch, batch_labels):
+            batch = (_to_model_input(batch) - mean) / (std + EPSILON)
+            return tf.repeat(batch, 3, axis=-1), batch_labels
+
+    return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def standardise(images: np.ndarray, statistics: tuple[float, float]) -> np.ndarray:
+    """Standardise uint8 (N, H, W) images with training statistics into (N, H, W, 3) float32 model input."""
+    mean, std = statistics
+    scaled = (images.astype(np.float32) - mean) / (std + EPSILON)
+    return np.repeat(scaled[..., np.newaxis], 3, axis=-1)

@@ -1,0 +1,252 @@
+"""Label file parsing, label columns, stratified folds, leakage checks and class frequencies (small hand-made frames)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr import config, data
+
+HEADER = {
+    "Image Index": ["00000001_000.png", "00000002_000.png"],
+    "Finding Labels": ["Cardiomegaly", "No Finding"],
+    "Follow-up #": [0, 0],
+    "Patient ID": [1, 2],
+    "Patient Age": [58, 81],
+    "View Position": ["PA", "AP"],
+}
+
+
+# --- read_label_file -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_read_label_file_reads_plain_and_gzipped_csv(tmp_path, suffix):
+    path = tmp_path / f"labels{suffix}"
+    pd.DataFrame(HEADER).to_csv(path, index=False)
+    table = data.read_label_file(path)
+    assert list(table["Image Index"]) == HEADER["Image Index"]
+    assert list(table["Patient ID"]) == [1, 2]
+
+
+@pytest.mark.parametrize("column", data.LABEL_FILE_COLUMNS)
+def test_label_file_without_required_column_names_column_and_file(tmp_path, column):
+    path = tmp_path / "broken_labels.csv"
+    pd.DataFrame({k: v for k, v in HEADER.items() if k != column}).to_csv(path, index=False)
+
+    with pytest.raises(ValueError) as caught:
+        data.read_label_file(path)
+
+    assert repr(column) in str(caught.value)
+    assert "broken_labels.csv" in str(caught.value)
+
+
+def test_missing_label_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_labels.csv"):
+        data.read_label_file(tmp_path / "no_such_labels.csv")
+
+
+# --- findings_to_columns -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, positives",
+    [
+        ("Effusion|Mass", {"Effusion", "Mass"}),
+        ("Hernia", {"Hernia"}),
+        ("No Finding", set()),
+        ("Pleural_Thickening|Pneumonia|Pneumothorax", {"Pleural_Thickening", "Pneumonia", "Pneumothorax"}),
+        (" Edema | Emphysema ", {"Edema", "Emphysema"}),
+    ],
+)
+def test_findings_set_exactly_their_columns(text, positives):
+    columns = data.findings_to_columns(pd.Series([text]))
+    assert list(columns.columns) == list(config.LABELS)
+    row = columns.iloc[0]
+    assert {label for label in config.LABELS if row[label] == 1} == positives
+    assert set(row.unique()) <= {0, 1}
+
+
+def test_findings_keep_the_index_of_the_label_file_rows():
+    findings = pd.Series(["Mass", "No Finding", "Effusion|Mass"], index=[7, 8, 9])
+    columns = data.findings_to_columns(findings)
+    assert list(columns.index) == [7, 8, 9]
+    assert list(columns["Mass"]) == [1, 0, 1]
+    assert list(columns["Effusion"]) == [0, 0, 1]
+
+
+def test_unknown_finding_names_row_name_and_source():
+    findings = pd.Series(["Mass", "Effusion|Pneumonitis", "No Finding"], index=[2, 3, 4])
+    with pytest.raises(ValueError) as caught:
+        data.findings_to_columns(findings, source="labels.csv")
+    message = str(caught.value)
+    assert "row 3" in message and "'Pneumonitis'" in message and "labels.csv" in message
+
+
+@pytest.mark.parametrize("text", ["", "   ", None, np.nan], ids=["empty", "blank", "None", "NaN"])
+def test_empty_findings_are_rejected(text):
+    findings = pd.Series(["Mass", text], index=[2, 3], dtype=object)
+    with pytest.raises(ValueError, match="row 3: empty 'Finding Labels'"):
+        data.findings_to_columns(findings)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("No Finding", {"No Finding": 1}),
+        ("Effusion|Atelectasis", {"Effusion": 1, "Atelectasis": 1}),
+        ("Mass", {}),  # a real finding outside the 4-class set: neither a column nor "No Finding"
+        ("Infiltration|Mass", {"Infiltration": 1}),
+    ],
+)
+def test_four_class_labels_make_no_finding_its_own_column(text, expected):
+    columns = data.findings_to_columns(pd.Series([text]), labels=config.FOUR_CLASS_LABELS)
+    assert list(columns.columns) == list(config.FOUR_CLASS_LABELS)
+    assert columns.iloc[0].to_dict() == {label: expected.get(label, 0) for label in config.FOUR_CLASS_LABELS}
+
+
+# --- iterative_stratification --------------------------------------------------------------------
+
+
+def random_label_matrix(seed: int, rows: int = 300) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    prevalence = [0.01, 0.03, 0.1, 0.2, 0.35, 0.5]
+    return (rng.random((rows, len(prevalence))) < prevalence).astype(int)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("fractions", [(0.7, 0.15, 0.15), (0.5, 0.5), (0.6, 0.2, 0.1, 0.1)])
+def test_stratification_assigns_every_row_with_sizes_near_fractions(seed, fractions):
+    matrix = random_label_matrix(seed)
+    folds = data.iterative_stratification(matrix, fractions, np.random.default_rng(seed))
+
+    assert folds.shape == (len(matrix),)
+    assert set(folds) == set(range(len(fractions)))  # every row assigned (no -1), every fold used
+    sizes = np.bincount(folds, minlength=len(fractions))
+    np.testing.assert_allclose(sizes, np.asarray(fractions) * len(matrix), atol=0.02 * len(matrix))
+    # Each label is dealt out in proportion too.
+    for label in range(matrix.shape[1]):
+        positives = np.bincount(folds[matrix[:, label] > 0], minlength=len(fractions))
+        np.testing.assert_allclose(positives, np.asarray(fractions) * matrix[:, label].sum(), atol=2)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rare_label_with_three_positives_goes_once_to_each_of_three_folds(seed):
+    matrix = np.zeros((30, 2), dtype=int)
+    matrix[[3, 10, 20], 0] = 1  # rare label
+    matrix[::2, 1] = 1  # common label
+    folds = data.iterative_stratification(matrix, (1 / 3, 1 / 3, 1 / 3), np.random.default_rng(seed))
+    assert sorted(folds[[3, 10, 20]]) == [0, 1, 2]
+    assert list(np.bincount(folds)) == [10, 10, 10]
+
+
+def test_rows_without_any_label_are_assigned_too():
+    matrix = np.zeros((20, 3), dtype=int)
+    folds = data.iterative_stratification(matrix, (0.5, 0.25, 0.25), np.random.default_rng(0))
+    assert list(np.bincount(folds)) == [10, 5, 5]
+
+
+def test_stratification_is_deterministic_for_a_seed():
+    matrix = random_label_matrix(0)
+    first = data.iterative_stratification(matrix, (0.7, 0.15, 0.15), np.random.default_rng(42))
+    again = data.iterative_stratification(matrix, (0.7, 0.15, 0.15), np.random.default_rng(42))
+    other = data.iterative_stratification(matrix, (0.7, 0.15, 0.15), np.random.default_rng(43))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+# --- leakage -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ids1, ids2, expected",
+    [
+        ([1, 2, 3], [3, 4], True),
+        ([1, 2, 3], [4, 5], False),
+        ([7, 7, 8], [9, 9], False),
+        ([1, 2], [2, 1, 1], True),
+        ([], [1], False),
+    ],
+)
+def test_check_for_leakage_returns_python_bool(ids1, ids2, expected):
+    df1 = pd.DataFrame({"PatientId": ids1})
+    df2 = pd.DataFrame({"PatientId": ids2})
+    result = data.check_for_leakage(df1, df2, "PatientId")
+    assert type(result) is bool
+    assert result is expected
+
+
+def test_check_for_leakage_uses_the_given_column():
+    df1 = pd.DataFrame({"PatientId": [1, 2], "Other": [5, 6]})
+    df2 = pd.DataFrame({"PatientId": [3, 4], "Other": [6, 7]})
+    assert data.check_for_leakage(df1, df2, "PatientId") is False
+    assert data.check_for_leakage(df1, df2, "Other") is True
+
+
+@pytest.mark.parametrize(
+    "ids1, ids2, expected",
+    [([1, 2, 3], [3, 3, 2, 5], 2), ([1, 1, 1], [1], 1), ([1, 2], [3], 0)],
+)
+def test_count_shared_patients_counts_patients_not_rows(ids1, ids2, expected):
+    df1, df2 = pd.DataFrame({"p": ids1}), pd.DataFrame({"p": ids2})
+    assert data.count_shared_patients(df1, df2, "p") == expected
+    assert data.count_shared_patients(df2, df1, "p") == expected
+
+
+# --- class frequencies and label matrices --------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_class_frequencies_match_numpy_mean(seed):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((50, 14)) < rng.random(14)).astype(int)
+    positive, negative = data.compute_class_freqs(labels)
+    assert positive.shape == negative.shape == (14,)
+    np.testing.assert_allclose(positive, labels.mean(axis=0))
+    np.testing.assert_allclose(negative, 1 - labels.mean(axis=0))
+    np.testing.assert_allclose(positive + negative, 1)
+
+
+def test_class_frequencies_of_constant_classes():
+    labels = np.array([[0, 1], [0, 1], [0, 1]])
+    positive, negative = data.compute_class_freqs(labels)
+    np.testing.assert_array_equal(positive, [0, 1])
+    np.testing.assert_array_equal(negative, [1, 0])
+
+
+def small_split_frame() -> pd.DataFrame:
+    findings = pd.Series(["No Finding", "Effusion|Atelectasis", "Mass", "Infiltration"])
+    frame = data.findings_to_columns(findings)
+    frame.insert(0, "Image", [f"0000000{i}_000.png" for i in range(4)])
+    frame["PatientId"] = [1, 2, 3, 4]
+    return frame
+
+
+def test_label_matrix_derives_no_finding_from_the_14_findings():
+    matrix = data.label_matrix(small_split_frame(), config.FOUR_CLASS_LABELS)
+    assert matrix.dtype == np.float32 and matrix.shape == (4, 4)
+    # Columns: Effusion, Atelectasis, Infiltration, No Finding.
+    np.testing.assert_array_equal(
+        matrix,
+        [[0, 0, 0, 1], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]],
+    )
+
+
+def test_label_matrix_of_14_labels_follows_label_order():
+    frame = small_split_frame()
+    matrix = data.label_matrix(frame)
+    assert matrix.shape == (4, 14) and matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix, frame[list(config.LABELS)].to_numpy())
+
+
+def test_label_matrix_uses_an_existing_no_finding_column():
+    frame = small_split_frame().assign(**{"No Finding": [0, 0, 0, 1]})  # deliberately not derived
+    matrix = data.label_matrix(frame, (config.NO_FINDING,))
+    np.testing.assert_array_equal(matrix[:, 0], [0, 0, 0, 1])
+
+
+def test_label_matrix_without_a_label_column_raises():
+    frame = small_split_frame().drop(columns="Mass")
+    with pytest.raises(ValueError, match="'Mass'"):
+        data.label_matrix(frame)

@@ -1,0 +1,268 @@
+"""DenseNet121 construction and loading weights from every supported file format.
+
+Models are built at 32x32 input to stay fast; every weight file is written by the tests themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from cxr import config
+from cxr.model import LAST_CONV_LAYER, build_densenet121, load_pretrained_weights
+
+SIZE = 32
+
+
+def _perturb(network: keras.Model, seed: int) -> None:
+    """Move every variable (batch-norm statistics included) away from its initial value.
+
+    Freshly built models share their batch-norm statistics (mean 0, variance 1), so without this a
+    loader that skipped them would go unnoticed.
+    """
+    rng = np.random.default_rng(seed)
+    values = []
+    for variable, value in zip(network.weights, network.get_weights()):
+        noise = rng.normal(scale=0.05, size=value.shape).astype(value.dtype)
+        if "variance" in variable.path:
+            noise = np.abs(noise)
+        values.append(value + noise)
+    network.set_weights(values)
+
+
+def _weights(network: keras.Model) -> list[np.ndarray]:
+    return network.get_weights()
+
+
+def _predict(network: keras.Model, images: np.ndarray) -> np.ndarray:
+    """One eager forward pass (no tf.function tracing, unlike ``predict``)."""
+    return keras.ops.convert_to_numpy(network(images, training=False))
+
+
+def _layer_weights(layers) -> list[np.ndarray]:
+    return [value for layer in layers for value in layer.get_weights()]
+
+
+def _assert_all_equal(actual: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def model14() -> keras.Model:
+    """A 14-output model that tests only read."""
+    return build_densenet121(len(config.LABELS), SIZE)
+
+
+@pytest.fixture(scope="module")
+def model4() -> keras.Model:
+    return build_densenet121(len(config.FOUR_CLASS_LABELS), SIZE)
+
+
+@pytest.fixture(scope="module")
+def inputs() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(4, SIZE, SIZE, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def source() -> keras.Model:
+    """A 14-output model whose every weight differs from a fresh model's: the weights to load."""
+    network = build_densenet121(len(config.LABELS), SIZE)
+    _perturb(network, seed=1)
+    return network
+
+
+@pytest.fixture(scope="module")
+def source_predictions(source, inputs) -> np.ndarray:
+    return _predict(source, inputs)
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory, source, model4) -> dict[str, Path]:
+    """Every kind of file the loader is given, written once for the module."""
+    folder = tmp_path_factory.mktemp("weights")
+    files = {
+        "keras3": folder / "model.weights.h5",
+        "float16": folder / "model-float16.weights.h5",
+        "legacy": folder / "model.h5",
+        "notop": folder / "densenet-notop.h5",
+        "four_class_keras3": folder / "four.weights.h5",
+        "four_class_legacy": folder / "four.h5",
+        "unrelated_legacy": folder / "small.h5",
+    }
+    source.save_weights(files["keras3"])
+    _copy_as_float16(files["keras3"], files["float16"])
+    source.save(files["legacy"])  # Keras 3 writes the legacy Keras 2 format for a plain ".h5"
+    keras.Model(source.input, source.get_layer(LAST_CONV_LAYER).output).save(files["notop"])
+    model4.save_weights(files["four_class_keras3"])
+    model4.save(files["four_class_legacy"])
+    small = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.Dense(1)])
+    small.save(files["unrelated_legacy"])
+    return files
+
+
+def _copy_as_float16(source: Path, target: Path) -> None:
+    """Copy an HDF5 file, its groups and attributes, storing every float dataset as float16."""
+    with h5py.File(source, "r") as original, h5py.File(target, "w") as copy:
+        copy.attrs.update(dict(original.attrs))
+
+        def visit(name, item):
+            if isinstance(item, h5py.Dataset):
+                values = item[()]
+                if item.dtype.kind == "f":
+                    values = values.astype(np.float16)
+                dataset = copy.create_dataset(name, data=values)
+                dataset.attrs.update(dict(item.attrs))
+            else:
+                copy.require_group(name).attrs.update(dict(item.attrs))
+
+        original.visititems(visit)
+    with h5py.File(target, "r") as written:
+        dtypes = set()
+        written.visititems(lambda _, item: dtypes.add(item.dtype) if isinstance(item, h5py.Dataset) else None)
+    assert dtypes == {np.dtype(np.float16)}, dtypes
+
+
+# --- build_densenet121 ---------------------------------------------------------------------------
+
+
+def test_model_has_one_output_per_finding(model14):
+    assert model14.input_shape == (None, SIZE, SIZE, 3)
+    assert model14.output_shape == (None, 14)
+
+
+def test_outputs_are_sigmoid_probabilities(model14):
+    assert model14.get_layer("predictions").activation is keras.activations.sigmoid
+    rng = np.random.default_rng(1)
+    extreme = rng.normal(scale=100.0, size=(3, SIZE, SIZE, 3)).astype("float32")
+    probabilities = _predict(model14, extreme)
+    assert probabilities.shape == (3, 14)
+    assert np.all(np.isfinite(probabilities))
+    assert np.all((probabilities >= 0.0) & (probabilities <= 1.0))
+
+
+def test_relu_layer_is_the_last_convolutional_activation(model14):
+    relu = model14.get_layer("relu")
+    assert LAST_CONV_LAYER == "relu"
+    assert isinstance(relu, keras.layers.Activation)
+    assert len(relu.output.shape) == 4  # (batch, height, width, channels): a feature map for GradCAM
+    assert relu.output.shape[-1] == 1024
+    position = model14.layers.index(relu)
+    after = model14.layers[position + 1 :]
+    assert [layer.name for layer in after] == ["avg_pool", "predictions"]
+    assert not any(isinstance(layer, keras.layers.Conv2D) for layer in after)
+    # The graph is flat: the feature map is reachable from the model's own input.
+    features = keras.Model(model14.input, relu.output)
+    assert features.output_shape == (None, 1, 1, 1024)
+
+
+def test_four_class_variant_has_four_outputs(model4):
+    assert model4.output_shape == (None, 4)
+    assert model4.get_layer("relu").output.shape[-1] == 1024
+
+
+def test_input_size_is_configurable():
+    network = build_densenet121(3, image_size=64)
+    assert network.input_shape == (None, 64, 64, 3)
+    assert network.output_shape == (None, 3)
+    assert network.get_layer("relu").output.shape[1:3] == (2, 2)
+
+
+def test_build_with_notop_file_fills_the_convolutional_base(source, weight_files):
+    network = build_densenet121(14, SIZE, weights=weight_files["notop"])
+    _assert_all_equal(_layer_weights(network.layers[:-2]), _layer_weights(source.layers[:-2]))
+
+
+# --- load_pretrained_weights: accepted formats -----------------------------------------------------
+
+
+def test_keras3_weights_file_gives_identical_predictions(source, weight_files, inputs, source_predictions):
+    target = build_densenet121(14, SIZE)
+    assert load_pretrained_weights(target, weight_files["keras3"]) is target
+    _assert_all_equal(_weights(target), _weights(source))
+    np.testing.assert_array_equal(_predict(target, inputs), source_predictions)
+
+
+def test_float16_weights_file_loads_within_float16_precision(source, weight_files, inputs, source_predictions):
+    target = build_densenet121(14, SIZE)
+    load_pretrained_weights(target, str(weight_files["float16"]))  # a str path works too
+    assert all(variable.dtype == "float32" for variable in target.weights)
+    for got, want in zip(_weights(target), _weights(source)):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(_predict(target, inputs), source_predictions, atol=1e-2)
+
+
+def test_legacy_keras2_model_file_gives_identical_predictions(source, weight_files, inputs, source_predictions):
+    with h5py.File(weight_files["legacy"], "r") as file:
+        assert "model_weights" in file  # really the legacy full-model layout
+    target = build_densenet121(14, SIZE)
+    load_pretrained_weights(target, weight_files["legacy"])
+    _assert_all_equal(_weights(target), _weights(source))
+    np.testing.assert_array_equal(_predict(target, inputs), source_predictions)
+
+
+def test_notop_file_fills_the_base_and_leaves_the_classifier(source, weight_files):
+    target = build_densenet121(14, SIZE)
+    classifier_before = target.get_layer("predictions").get_weights()
+    load_pretrained_weights(target, weight_files["notop"])
+    assert [layer.name for layer in target.layers[-2:]] == ["avg_pool", "predictions"]
+    _assert_all_equal(_layer_weights(target.layers[:-2]), _layer_weights(source.layers[:-2]))
+    _assert_all_equal(target.get_layer("predictions").get_weights(), classifier_before)
+    assert not np.array_equal(
+        target.get_layer("predictions").get_weights()[0], source.get_layer("predictions").get_weights()[0]
+    )
+
+
+# --- load_pretrained_weights: errors -----------------------------------------------------------------
+
+
+def test_missing_file_raises_file_not_found_naming_it(model14, tmp_path):
+    missing = tmp_path / "nowhere.weights.h5"
+    with pytest.raises(FileNotFoundError, match="nowhere.weights.h5"):
+        load_pretrained_weights(model14, missing)
+
+
+def test_text_file_raises_not_hdf5_naming_it(model14, tmp_path):
+    text = tmp_path / "notes.h5"
+    text.write_text("these are not weights\n")
+    with pytest.raises(ValueError, match="not an HDF5 file") as caught:
+        load_pretrained_weights(model14, text)
+    assert str(text) in str(caught.value)
+
+
+def test_git_lfs_pointer_is_recognised(model14, tmp_path):
+    pointer = tmp_path / "pretrained_model.h5"
+    pointer.write_text(
+        "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+        "size 28530840\n"
+    )
+    with pytest.raises(ValueError, match="Git LFS") as caught:
+        load_pretrained_weights(model14, pointer)
+    assert str(pointer) in str(caught.value)
+    assert "git lfs pull" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["four_class_keras3", "four_class_legacy"])
+def test_weights_of_other_label_set_raise_naming_file_and_expected_format(model14, weight_files, kind):
+    path = weight_files[kind]
+    with pytest.raises(ValueError) as caught:
+        load_pretrained_weights(model14, path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "14 outputs" in message
+    assert "Expected a '.weights.h5'" in message
+
+
+def test_unrelated_model_file_raises_naming_the_layer_counts(model14, weight_files):
+    path = weight_files["unrelated_legacy"]
+    with pytest.raises(ValueError) as caught:
+        load_pretrained_weights(model14, path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "2 layers with weights" in message

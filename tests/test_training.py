@@ -1,0 +1,304 @@
+"""The resumable training loop: a real tiny run killed with SIGKILL and resumed, plus unit tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from cxr import config, training
+from cxr.model import build_densenet121, load_pretrained_weights
+from cxr.training import ResumableCheckpoint, TrainConfig, make_optimizer, make_strategy
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 3
+KILL_DEADLINE_S = 400
+RUN_TIMEOUT_S = 400
+
+
+def _data_available() -> bool:
+    try:
+        config.data_dir()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _train_command(output: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "train.py",
+        "--output-dir", str(output),
+        "--image-size", "32",
+        "--limit", "24",
+        "--epochs", str(EPOCHS),
+        "--batch-size", "8",
+        "--verbose", "2",
+        "--cache-dir", str(output / "cache"),
+        *extra,
+    ]  # fmt: skip
+
+
+def _environment() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=_environment(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+
+
+def _read_state(output: Path) -> dict | None:
+    try:
+        return json.loads((output / training.STATE_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _loadable(weights: Path) -> bool:
+    load_pretrained_weights(build_densenet121(len(config.LABELS), 32), weights)
+    return True
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory) -> dict:
+    """Start a tiny real run, SIGKILL it after its first committed epoch, then run it again to the end."""
+    if not _data_available():
+        pytest.skip(f"NIH data not found (set ${config.DATA_DIR_VARIABLE}); the training run needs real images.")
+    output = tmp_path_factory.mktemp("run")
+    killed_log = output.parent / "killed-run.log"
+    with open(killed_log, "w") as log:
+        process = subprocess.Popen(
+            _train_command(output), cwd=REPO_ROOT, env=_environment(), stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + KILL_DEADLINE_S
+            while True:
+                state = _read_state(output)
+                if state and state.get("epoch", 0) >= 1:
+                    break
+                if process.poll() is not None:
+                    pytest.fail(f"train.py exited ({process.returncode}) before epoch 1:\n{killed_log.read_text()}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no epoch committed within {KILL_DEADLINE_S} s:\n{killed_log.read_text()}")
+                time.sleep(0.1)
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    # Snapshot what the kill left behind before the resumed run overwrites it.
+    snapshot = output.parent / "at-kill"
+    snapshot.mkdir()
+    for name in (training.STATE_FILE, training.BEST_WEIGHTS):
+        shutil.copy(output / name, snapshot / name)
+    resumed = _run(_train_command(output))
+    return {
+        "output": output,
+        "kill_returncode": process.returncode,
+        "snapshot": snapshot,
+        "resumed": resumed,
+    }
+
+
+def test_sigkill_leaves_committed_state_and_loadable_best_weights(killed_and_resumed):
+    assert killed_and_resumed["kill_returncode"] == -signal.SIGKILL
+    state = json.loads((killed_and_resumed["snapshot"] / training.STATE_FILE).read_text())
+    assert 1 <= state["epoch"] < EPOCHS, "the run should have been killed part-way"
+    assert state["weights_file"] == f"last-epoch{state['epoch']:03d}.weights.h5"
+    assert 1 <= state["best_epoch"] <= state["epoch"]
+    assert _loadable(killed_and_resumed["snapshot"] / training.BEST_WEIGHTS)
+
+
+def test_same_command_resumes_and_completes_every_epoch_once(killed_and_resumed):
+    resumed, output = killed_and_resumed["resumed"], killed_and_resumed["output"]
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resuming" in resumed.stdout
+    state = json.loads((output / training.STATE_FILE).read_text())
+    assert state["epoch"] == EPOCHS
+    assert (output / state["weights_file"]).is_file()
+    log = pd.read_csv(output / "log.csv")
+    assert log["epoch"].tolist() == list(range(EPOCHS))
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["epochs_completed"] == EPOCHS
+    assert summary["median_images_per_second"] > 0
+    assert (log["images_per_second"] > 0).all()
+    assert summary["image_size"] == 32 and summary["train_images"] == 24
+    assert _loadable(output / training.BEST_WEIGHTS)
+    assert not list(output.glob("*.partial")) and not list(output.glob("partial-*"))
+    assert sorted(p.name for p in output.glob("last-epoch*")) == [state["weights_file"]]
+
+
+def test_rerunning_a_finished_run_returns_immediately(killed_and_resumed):
+    output = killed_and_resumed["output"]
+    log_before = (output / "log.csv").read_text()
+    rerun = _run(_train_command(output))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "already finished" in rerun.stdout
+    assert "Resuming" not in rerun.stdout
+    assert (output / "log.csv").read_text() == log_before
+
+
+def test_changed_setting_in_the_same_output_dir_is_refused(killed_and_resumed):
+    output = killed_and_resumed["output"]
+    config_before = (output / "config.json").read_text()
+    command = _train_command(output)
+    command[command.index("--image-size") + 1] = "48"
+    refused = _run(command)
+    assert refused.returncode != 0
+    assert "image_size" in refused.stderr
+    assert "--output-dir" in refused.stderr
+    assert (output / "config.json").read_text() == config_before
+
+
+def test_run_killed_before_its_summary_writes_it_without_training_more(killed_and_resumed):
+    # A kill after the last epoch's state.json but before summary.json leaves exactly this.
+    output = killed_and_resumed["output"]
+    (output / "summary.json").unlink()
+    weights_before = (output / training.BEST_WEIGHTS).read_bytes()
+    rerun = _run(_train_command(output))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["epochs_completed"] == EPOCHS
+    assert summary["median_images_per_second"] > 0
+    assert pd.read_csv(output / "log.csv")["epoch"].tolist() == list(range(EPOCHS))
+    assert json.loads((output / training.STATE_FILE).read_text())["epoch"] == EPOCHS
+    assert (output / training.BEST_WEIGHTS).read_bytes() == weights_before
+
+
+# --- ResumableCheckpoint and atomic writes ------------------------------------------------------------
+
+
+def _tiny_model() -> keras.Model:
+    network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="sigmoid")])
+    network.compile(
+        optimizer="adam",
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(multi_label=True, num_labels=3, name="auc")],
+    )
+    return network
+
+
+class _Snapshot(keras.callbacks.Callback):
+    """Records the output directory after each epoch (runs after the checkpoint callback)."""
+
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = directory
+        self.listings: list[tuple[dict, list[str]]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        state = json.loads((self.directory / training.STATE_FILE).read_text())
+        self.listings.append((state, sorted(p.name for p in self.directory.iterdir())))
+
+
+def test_checkpoint_commits_state_atomically_and_keeps_one_last_epoch_file(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (rng.random((32, 3)) > 0.5).astype("float32")
+    network = _tiny_model()
+    reduce_lr = keras.callbacks.ReduceLROnPlateau("val_auc", mode="max", patience=5)
+    early_stopping = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=5)
+    state: dict = {}
+    tracked = {"reduce_lr": reduce_lr, "early_stopping": early_stopping}
+    checkpoint = ResumableCheckpoint(tmp_path, "val_auc", tracked, state)
+    snapshot = _Snapshot(tmp_path)
+    network.fit(
+        x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0,
+        callbacks=[reduce_lr, early_stopping, checkpoint, snapshot],
+    )  # fmt: skip
+    for epoch, (saved, names) in enumerate(snapshot.listings, start=1):
+        assert saved["epoch"] == epoch
+        assert saved["weights_file"] in names
+        assert [n for n in names if n.startswith("last-epoch")] == [saved["weights_file"]]
+        assert not [n for n in names if n.endswith(".partial") or n.startswith("partial-")]
+        assert training.BEST_WEIGHTS in names
+    final = json.loads((tmp_path / training.STATE_FILE).read_text())
+    assert final["epoch"] == 3 and final["weights_file"] == "last-epoch003.weights.h5"
+    assert set(final["callbacks"]) == {"reduce_lr", "early_stopping"}
+    assert set(final["callbacks"]["reduce_lr"]) == {"wait", "cooldown_counter", "best"}
+    assert final["learning_rate"] == pytest.approx(1e-3)
+    # The saved weights really are the model's last weights.
+    restored = _tiny_model()
+    restored.load_weights(tmp_path / final["weights_file"])
+    for got, want in zip(restored.get_weights(), network.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_checkpoint_restores_callback_counters_on_resume(tmp_path):
+    reduce_lr = keras.callbacks.ReduceLROnPlateau("val_auc", mode="max")
+    early_stopping = keras.callbacks.EarlyStopping("val_auc", mode="max")
+    state = {"callbacks": {"reduce_lr": {"wait": 2, "cooldown_counter": 1, "best": 0.7},
+                           "early_stopping": {"wait": 4, "best": 0.7, "best_epoch": 3}}}  # fmt: skip
+    tracked = {"reduce_lr": reduce_lr, "early_stopping": early_stopping}
+    checkpoint = ResumableCheckpoint(tmp_path, "val_auc", tracked, state)
+    checkpoint.on_train_begin()
+    assert (reduce_lr.wait, reduce_lr.cooldown_counter, reduce_lr.best) == (2, 1, 0.7)
+    assert (early_stopping.wait, early_stopping.best, early_stopping.best_epoch) == (4, 0.7, 3)
+
+
+def test_interrupted_atomic_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / training.STATE_FILE
+    training.atomic_write_text(path, '{"epoch": 1}')
+    assert path.read_text() == '{"epoch": 1}'
+    assert not list(tmp_path.glob("*.partial"))
+
+    def crash(*args):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(training.os, "replace", crash)
+    with pytest.raises(OSError):
+        training.atomic_write_text(path, '{"epoch": 2}')
+    assert path.read_text() == '{"epoch": 1}'
+
+
+# --- optimizers and strategies ----------------------------------------------------------------------
+
+
+def test_adam_is_the_default_optimizer_with_learning_rate_1e_3():
+    optimizer = make_optimizer(TrainConfig())
+    assert isinstance(optimizer, keras.optimizers.Adam)
+    assert float(optimizer.learning_rate) == pytest.approx(1e-3)
+
+
+def test_sgd_uses_momentum_0_9_and_learning_rate_0_01_by_default():
+    optimizer = make_optimizer(TrainConfig(optimizer="sgd"))
+    assert isinstance(optimizer, keras.optimizers.SGD)
+    assert optimizer.momentum == pytest.approx(0.9)
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_adamw_uses_the_configured_weight_decay_and_learning_rate():
+    optimizer = make_optimizer(TrainConfig(optimizer="adamw", learning_rate=5e-4, weight_decay=0.02))
+    assert isinstance(optimizer, keras.optimizers.AdamW)
+    assert float(optimizer.learning_rate) == pytest.approx(5e-4)
+    assert optimizer.weight_decay == pytest.approx(0.02)
+
+
+def test_unknown_optimizer_is_rejected_by_name():
+    with pytest.raises(ValueError, match="rmsprop"):
+        make_optimizer(TrainConfig(optimizer="rmsprop"))
+
+
+def test_default_strategy_is_the_current_one():
+    strategy = make_strategy("default")
+    assert isinstance(strategy, tf.distribute.Strategy)
+    assert strategy is tf.distribute.get_strategy()
+    assert strategy.num_replicas_in_sync == 1
+
+
+def test_unknown_strategy_is_rejected_by_name():
+    with pytest.raises(ValueError, match="tpu"):
+        make_strategy("tpu")

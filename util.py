@@ -1,0 +1,45 @@
+"""Helpers that the notebook calls, gathered from the ``cxr`` package.
+
+The exercise functions (check_for_leakage, compute_class_freqs, get_weighted_loss) are also
+written by the learner in the notebook; the versions here are the reference that scripts use.
+"""
+
+import contextlib
+import os
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines bypass Python and its log level."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+# Notebook outputs stay readable (and comparable by nbval) without TensorFlow's start-up chatter.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+with _native_stderr_silenced():
+    import tensorflow  # noqa: F401
+
+from keras.utils import set_random_seed  # noqa: E402, F401
+
+from cxr.config import BATCH_SIZE, FOUR_CLASS_LABELS, IMAGE_SIZE, LABELS, SEED, data_dir  # noqa: E402, F401
+from cxr.data import (  # noqa: E402, F401
+    build_metadata,
+    check_for_leakage,
+    compute_class_freqs,
+    count_shared_patients,
+    label_matrix,
+    read_label_file,
+    read_split,
+    split_summary,
+)
+from cxr.images import load_images, read_image  # noqa: E402, F401
+from cxr.losses import get_weighted_loss  # noqa: E402, F401
+from cxr.model import build_densenet121, load_pretrained_weights  # noqa: E402, F401
+from cxr.pipeline import Augmentation, make_dataset, standardise, training_statistics  # noqa: E402, F401
