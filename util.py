@@ -41,5 +41,29 @@ from cxr.data import (  # noqa: E402, F401
 )
 from cxr.images import load_images, read_image  # noqa: E402, F401
 from cxr.losses import get_weighted_loss  # noqa: E402, F401
-from cxr.model import build_densenet121, load_pretrained_weights  # noqa: E402, F401
-from cxr.pipeline import Augmentation, make_dataset, standardise, training_statistics  # noqa: E402, F401
+from cxr.model import build_densenet121, load_pretrained_weights, load_shipped_model  # noqa: E402, F401
+from cxr.pipeline import PER_IMAGE, Augmentation, make_dataset, standardise, training_statistics  # noqa: E402, F401
+from cxr.evaluation import (  # noqa: E402, F401
+    auroc,
+    auroc_table,
+    choose_thresholds,
+    classification_report,
+    expert_label_comparison,
+    mean_auroc,
+    plot_confusion_matrices,
+    plot_precision_recall_curves,
+    plot_roc_curves,
+    predict_probabilities,
+    read_expert_labels,
+    threshold_metrics,
+)
+from cxr.gradcam import (  # noqa: E402, F401
+    box_iou,
+    gradcam_heatmap,
+    load_boxes,
+    localisation_scores,
+    plot_gradcam,
+    pointing_game_hit,
+    scale_box,
+    summarise_localisation,
+)

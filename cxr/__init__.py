@@ -8,5 +8,7 @@ Modules, one concern each:
     losses    the weighted binary cross-entropy
     model     DenseNet121 construction and weight loading
     training  the resumable training loop behind ``train.py``
+    evaluation  probabilities, AUROC with bootstrap intervals, thresholds, expert-label check
+    gradcam   GradCAM heatmaps and their agreement with the NIH bounding boxes
     download  fetching the full NIH release (needs internet)
 """

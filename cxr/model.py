@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -10,6 +11,7 @@ import keras
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 GIT_LFS_POINTER = b"version https://git-lfs"
 LAST_CONV_LAYER = "relu"  # DenseNet121's last convolutional activation, where GradCAM looks
+TRAINING_STATISTICS = "training-statistics"  # a shipped model's "standardisation": the course's way
 
 
 def build_densenet121(
@@ -128,3 +130,24 @@ def save_weights_float16(model: keras.Model, path: str | Path) -> None:
 
         source.visititems(copy)
     full.unlink()
+
+
+def load_shipped_model(prefix: str | Path) -> tuple[keras.Model, dict, tuple[float, float] | str]:
+    """Build and load a model exported by ``export_model.py`` from ``PREFIX.weights.h5`` and ``PREFIX.json``.
+
+    Returns:
+        model; its card (labels, image_size, thresholds, ...); and the standardisation to use at
+        inference: the training (mean, std) or ``cxr.pipeline.PER_IMAGE``.
+    """
+    prefix = Path(prefix)
+    card_path = prefix.with_name(prefix.name + ".json")
+    if not card_path.is_file():
+        raise FileNotFoundError(f"Model card {card_path} not found: export a run with `python export_model.py`.")
+    card = json.loads(card_path.read_text())
+    network = build_densenet121(len(card["labels"]), card["image_size"])
+    load_pretrained_weights(network, prefix.with_name(prefix.name + ".weights.h5"))
+    if card.get("standardisation", TRAINING_STATISTICS) == TRAINING_STATISTICS:
+        statistics = (card["normalisation"]["mean"], card["normalisation"]["std"])
+    else:
+        statistics = card["standardisation"]
+    return network, card, statistics

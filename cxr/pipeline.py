@@ -52,9 +52,23 @@ def training_statistics(images: np.ndarray, sample_size: int = 500, seed: int = 
     return float(sample.mean()), float(sample.std())
 
 
-def _to_model_input(images: tf.Tensor) -> tf.Tensor:
-    """(B, H, W) uint8 -> (B, H, W, 1) float32."""
-    return tf.cast(images, tf.float32)[..., tf.newaxis]
+# Evaluation standardisation that uses each image's own mean and std, as training does. The course
+# standardises valid/test with training statistics instead; which of the two a shipped model uses is
+# chosen on the validation split and recorded with its weights.
+PER_IMAGE = "per-image"
+Standardisation = tuple[float, float] | str
+
+
+def _standardise_batch(batch: tf.Tensor, statistics: Standardisation) -> tf.Tensor:
+    """(B, H, W, 1) float32 -> (B, H, W, 3) standardised model input."""
+    if isinstance(statistics, str):
+        if statistics != PER_IMAGE:
+            raise ValueError(f"statistics must be (mean, std) or {PER_IMAGE!r}, got {statistics!r}.")
+        mean = tf.reduce_mean(batch, axis=(1, 2, 3), keepdims=True)
+        std = tf.math.reduce_std(batch, axis=(1, 2, 3), keepdims=True)
+    else:
+        mean, std = statistics
+    return tf.repeat((batch - mean) / (std + EPSILON), 3, axis=-1)
 
 
 def make_dataset(
@@ -62,7 +76,7 @@ def make_dataset(
     labels: np.ndarray,
     batch_size: int,
     training: bool,
-    statistics: tuple[float, float] | None = None,
+    statistics: Standardisation | None = None,
     augmentation: Augmentation = Augmentation(),
     seed: int = 0,
 ) -> tf.data.Dataset:
@@ -71,7 +85,7 @@ def make_dataset(
     Training batches are reshuffled every epoch, augmented, and standardised image by image
     (each image to mean 0 and std 1). Validation/test batches keep their order and are
     standardised with the training ``statistics`` (mean, std), so that they are treated the same
-    way whatever else is in the batch.
+    way whatever else is in the batch (or image by image, with ``statistics=PER_IMAGE``).
     """
     if not training and statistics is None:
         raise ValueError("Validation/test pipelines need the training statistics (mean, std).")
@@ -81,29 +95,27 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
-    if training:
-        augment = keras.Sequential(augmentation.layers(seed)) if augmentation.layers(seed) else None
+    augment = keras.Sequential(augmentation.layers(seed)) if training and augmentation.layers(seed) else None
+    standardisation = PER_IMAGE if training else statistics
 
-        def prepare(batch, batch_labels):
-            batch = _to_model_input(batch)
-            if augment is not None:
-                batch = augment(batch, training=True)
-            mean = tf.reduce_mean(batch, axis=(1, 2, 3), keepdims=True)
-            std = tf.math.reduce_std(batch, axis=(1, 2, 3), keepdims=True)
-            return tf.repeat((batch - mean) / (std + EPSILON), 3, axis=-1), batch_labels
-
-    else:
-        mean, std = statistics
-
-        def prepare(batch, batch_labels):
-            batch = (_to_model_input(batch) - mean) / (std + EPSILON)
-            return tf.repeat(batch, 3, axis=-1), batch_labels
+    def prepare(batch, batch_labels):
+        batch = tf.cast(batch, tf.float32)[..., tf.newaxis]
+        if augment is not None:
+            batch = augment(batch, training=True)
+        return _standardise_batch(batch, standardisation), batch_labels
 
     return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def standardise(images: np.ndarray, statistics: tuple[float, float]) -> np.ndarray:
-    """Standardise uint8 (N, H, W) images with training statistics into (N, H, W, 3) float32 model input."""
-    mean, std = statistics
-    scaled = (images.astype(np.float32) - mean) / (std + EPSILON)
+def standardise(images: np.ndarray, statistics: Standardisation) -> np.ndarray:
+    """Standardise uint8 (N, H, W) images (training statistics or PER_IMAGE) into (N, H, W, 3) float32 model input."""
+    pixels = images.astype(np.float32)
+    if isinstance(statistics, str):
+        if statistics != PER_IMAGE:
+            raise ValueError(f"statistics must be (mean, std) or {PER_IMAGE!r}, got {statistics!r}.")
+        mean = pixels.mean(axis=(1, 2), keepdims=True)
+        std = pixels.std(axis=(1, 2), keepdims=True)
+    else:
+        mean, std = statistics
+    scaled = (pixels - mean) / (std + EPSILON)
     return np.repeat(scaled[..., np.newaxis], 3, axis=-1)

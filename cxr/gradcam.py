@@ -1,0 +1,360 @@
+"""GradCAM heatmaps (Selvaraju et al., ICCV 2017) and how well they point at the NIH bounding boxes.
+
+Coordinates: a box is ``(x, y, w, h)`` with ``x`` along columns and ``y`` along rows; pixel
+``(row, col)`` belongs to a box when its centre ``(col + 0.5, row + 0.5)`` lies inside it.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from matplotlib.patches import Rectangle
+
+from cxr import config
+from cxr.model import LAST_CONV_LAYER
+from cxr.pipeline import standardise
+
+# NIH boxes are given in the coordinates of the released 1024x1024 images.
+BOX_SOURCE_SIZE = 1024
+BOX_COLUMNS = ("Image", "Finding", "x", "y", "w", "h")
+# The box file calls Infiltration "Infiltrate"; the label file does not.
+BOX_FINDING_NAMES = {"Infiltrate": "Infiltration"}
+OVERLAY_ALPHA = 0.4
+
+Box = tuple[float, float, float, float]
+
+# model -> {layer name: tf.function giving (feature maps, gradients)}; entries go with their model.
+_GRADIENT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+# --- heatmaps ------------------------------------------------------------------------------------
+
+
+def _gradient_function(model: keras.Model, layer_name: str):
+    """The cached tf.function mapping (1, H, W, 3) images and a class index to (maps, gradients)."""
+    per_layer = _GRADIENT_FUNCTIONS.setdefault(model, {})
+    if layer_name in per_layer:
+        return per_layer[layer_name]
+    try:
+        layer = model.get_layer(layer_name)
+    except ValueError as error:
+        raise ValueError(f"The model has no layer {layer_name!r} to take GradCAM from.") from error
+    gradient_model = keras.Model(model.inputs, [layer.output, model.output])
+
+    @tf.function(reduce_retracing=True)
+    def maps_and_gradients(batch: tf.Tensor, class_index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            feature_maps, predictions = gradient_model(batch, training=False)
+            score = tf.gather(predictions, class_index, axis=1)
+        gradients = tape.gradient(score, feature_maps, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return feature_maps, gradients
+
+    per_layer[layer_name] = maps_and_gradients
+    return maps_and_gradients
+
+
+def gradcam_heatmap(
+    model: keras.Model, image: np.ndarray, class_index: int, layer_name: str = LAST_CONV_LAYER
+) -> tuple[np.ndarray, bool]:
+    """GradCAM of one class for one image, scaled to [0, 1] at the image's size.
+
+    The gradients of the class probability with respect to the layer's feature maps, averaged
+    over positions, weight the maps; their sum, kept where positive, is the heatmap.
+
+    Args:
+        model: a Keras model with a layer ``layer_name`` and (B, C) outputs.
+        image: (H, W, 3) float32 model-ready (standardised) image.
+        class_index: which output to explain.
+        layer_name: the convolutional layer to look at (DenseNet121: ``"relu"``).
+
+    Returns:
+        heatmap: (H, W) float32 in [0, 1]; vanished: True (and an all-zero heatmap) when the
+        gradients are all zero or no position has positive evidence.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be one (H, W, 3) model-ready array, got shape {image.shape}.")
+    if not np.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values.")
+    num_classes = model.output_shape[-1]
+    if not 0 <= int(class_index) < num_classes:
+        raise ValueError(f"class_index {class_index} is outside the model's {num_classes} outputs.")
+    feature_maps, gradients = _gradient_function(model, layer_name)(
+        tf.constant(image[np.newaxis]), tf.constant(int(class_index), dtype=tf.int32)
+    )
+    feature_maps = feature_maps.numpy()[0].astype(np.float64)
+    gradients = gradients.numpy()[0].astype(np.float64)
+    height, width = image.shape[:2]
+    vanished = np.zeros((height, width), np.float32), True
+    if feature_maps.ndim != 3:
+        raise ValueError(f"Layer {layer_name!r} gives {feature_maps.shape} outputs, not (h, w, channels) maps.")
+    if not np.isfinite(gradients).all() or not gradients.any():
+        return vanished
+    # One weight per channel: the gradient averaged over the layer's positions.
+    channel_weights = gradients.mean(axis=(0, 1))
+    cam = np.maximum(feature_maps @ channel_weights, 0.0)
+    peak = cam.max()
+    # Float64 and a floor at float32's smallest normal value: no overflow or 0/0 when normalising.
+    if not np.isfinite(peak) or peak <= np.finfo(np.float32).tiny:
+        return vanished
+    cam = (cam / peak).astype(np.float32)
+    resized = tf.image.resize(cam[..., np.newaxis], (height, width), method="bilinear").numpy()[..., 0]
+    return np.clip(resized, 0.0, 1.0), False
+
+
+# --- bounding boxes ------------------------------------------------------------------------------
+
+
+def load_boxes(data_dir: str | Path | None = None) -> pd.DataFrame:
+    """The NIH bounding boxes, one row per box, in the 1024-px coordinates of the release.
+
+    The file's header (``Image Index,Finding Label,Bbox [x,y,w,h],,,``) is not a usable one,
+    so the first six fields are read by position. ``Infiltrate`` is renamed ``Infiltration``.
+
+    Returns:
+        DataFrame with ``Image``, ``Finding``, ``x``, ``y``, ``w``, ``h`` (float pixels).
+    """
+    path = config.data_dir(data_dir) / config.BBOX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"Bounding box file {path} not found: it ships with the NIH data folder.")
+    boxes = pd.read_csv(path, header=None, skiprows=1, usecols=range(len(BOX_COLUMNS)), names=list(BOX_COLUMNS))
+    coordinates = list(BOX_COLUMNS[2:])
+    boxes[coordinates] = boxes[coordinates].apply(pd.to_numeric, errors="coerce")
+    bad = boxes[boxes[coordinates].isna().any(axis=1) | (boxes[["w", "h"]] < 0).any(axis=1)]
+    if len(bad):
+        raise ValueError(
+            f"{path}: {len(bad)} box(es) without four valid numbers, first at data row {bad.index[0] + 1}."
+        )
+    boxes["Finding"] = boxes["Finding"].replace(BOX_FINDING_NAMES)
+    return boxes
+
+
+read_boxes = load_boxes  # the same reader under its other name
+
+
+def scale_box(box: Sequence[float] | pd.Series, from_size: float = BOX_SOURCE_SIZE, to_size: float = 512) -> Box:
+    """A box ``(x, y, w, h)`` (or a row with those columns) rescaled from a square image to another.
+
+    Returns:
+        (x, y, w, h) as floats in the ``to_size`` image's pixels.
+    """
+    if isinstance(box, pd.Series):
+        box = box[["x", "y", "w", "h"]].to_numpy()
+    values = np.asarray(box, dtype=np.float64)
+    if values.shape != (4,):
+        raise ValueError(f"A box is (x, y, w, h), got {box!r}.")
+    if from_size <= 0 or to_size <= 0:
+        raise ValueError(f"Image sizes must be positive, got from_size={from_size}, to_size={to_size}.")
+    return tuple(float(value) for value in values * (to_size / from_size))
+
+
+def _box_mask(shape: tuple[int, int], box: Sequence[float]) -> np.ndarray:
+    """(H, W) bool mask of the pixels whose centres lie inside the box."""
+    x, y, w, h = np.asarray(box, dtype=np.float64)
+    if w < 0 or h < 0:
+        raise ValueError(f"Box width and height must be non-negative, got {box!r}.")
+    rows = np.arange(shape[0]) + 0.5
+    cols = np.arange(shape[1]) + 0.5
+    return ((rows >= y) & (rows <= y + h))[:, np.newaxis] & ((cols >= x) & (cols <= x + w))[np.newaxis, :]
+
+
+def _check_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    heatmap = np.asarray(heatmap, dtype=np.float64)
+    if heatmap.ndim != 2 or not heatmap.size:
+        raise ValueError(f"heatmap must be a non-empty (H, W) array, got shape {heatmap.shape}.")
+    if not np.isfinite(heatmap).all():
+        raise ValueError("heatmap contains NaN or infinite values.")
+    return heatmap
+
+
+def pointing_game_hit(heatmap: np.ndarray, box: Sequence[float]) -> bool:
+    """Whether the heatmap's maximum lies inside the box (Zhang et al., the pointing game).
+
+    Args:
+        heatmap: (H, W) map. box: (x, y, w, h) in the heatmap's pixels.
+
+    Returns:
+        True for a hit; False for a miss and for a constant (e.g. vanished) map, which points nowhere.
+        Ties go to the first maximum in row-major order.
+    """
+    heatmap = _check_heatmap(heatmap)
+    if heatmap.max() == heatmap.min():
+        return False
+    row, col = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+    return bool(_box_mask(heatmap.shape, box)[row, col])
+
+
+def box_iou(heatmap: np.ndarray, box: Sequence[float], threshold: float = 0.5) -> float:
+    """Intersection over union of the region ``heatmap >= threshold`` and the box.
+
+    Args:
+        heatmap: (H, W) map in [0, 1]. box: (x, y, w, h) in the heatmap's pixels.
+        threshold: level above which the heatmap counts as pointing there.
+
+    Returns:
+        IoU in [0, 1]; NaN if both the region and the box cover no pixel.
+    """
+    heatmap = _check_heatmap(heatmap)
+    region = heatmap >= threshold
+    inside = _box_mask(heatmap.shape, box)
+    union = int((region | inside).sum())
+    return float((region & inside).sum() / union) if union else float("nan")
+
+
+# --- localisation over a split -------------------------------------------------------------------
+
+
+def _check_images(images: np.ndarray, model: keras.Model) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, H, W) uint8 grayscale, got shape {images.shape}.")
+    expected = tuple(model.input_shape[1:3])
+    if None not in expected and images.shape[1:] != expected:
+        raise ValueError(f"images are {images.shape[1:]} but the model expects {expected}: resize them first.")
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"Boxes are scaled for square images, got {images.shape[1:]}.")
+    return images
+
+
+def localisation_scores(
+    model: keras.Model,
+    frame: pd.DataFrame,
+    images: np.ndarray,
+    statistics: tuple[float, float],
+    labels: Sequence[str],
+    boxes: pd.DataFrame,
+    layer_name: str = LAST_CONV_LAYER,
+    threshold: float = 0.5,
+    box_size: float = BOX_SOURCE_SIZE,
+) -> pd.DataFrame:
+    """GradCAM of each boxed finding on the images of a split, scored against its NIH boxes.
+
+    Args:
+        model: the classifier. frame: split table with ``Image``, one row per image.
+        images: (N, S, S) uint8 images of ``frame`` at the model's input size.
+        statistics: training (mean, std). labels: the model's class names.
+        boxes: ``load_boxes`` table (``box_size`` coordinates); boxes of findings the model
+            does not predict are skipped with a warning.
+        threshold: heatmap level for the IoU.
+
+    Returns:
+        One row per box: ``Image``, ``Finding``, ``x``, ``y``, ``w``, ``h`` (in model-input pixels),
+        ``probability``, ``hit`` (pointing game), ``IoU`` and ``vanished``.
+    """
+    images = _check_images(images, model)
+    if len(frame) != len(images):
+        raise ValueError(f"{len(frame)} split rows but {len(images)} images.")
+    names = list(labels)
+    position_of = {image: position for position, image in enumerate(frame["Image"])}
+    selected = boxes[boxes["Image"].isin(position_of)]
+    unknown = selected[~selected["Finding"].isin(names)]
+    if len(unknown):
+        warnings.warn(f"Skipped {len(unknown)} box(es) of findings the model does not predict: "
+                      f"{sorted(unknown['Finding'].unique())}.", stacklevel=2)
+    selected = selected[selected["Finding"].isin(names)]
+    size = images.shape[1]
+    rows = []
+    for image_name, image_boxes in selected.groupby("Image", sort=True):
+        model_input = standardise(images[position_of[image_name]][np.newaxis], statistics)
+        probabilities = keras.ops.convert_to_numpy(model(model_input, training=False))[0]
+        heatmaps = {}
+        for _, box in image_boxes.iterrows():
+            class_index = names.index(box["Finding"])
+            # One heatmap per (image, finding), shared by that finding's boxes.
+            if class_index not in heatmaps:
+                heatmaps[class_index] = gradcam_heatmap(model, model_input[0], class_index, layer_name)
+            heatmap, vanished = heatmaps[class_index]
+            scaled = scale_box(box, box_size, size)
+            rows.append({
+                "Image": image_name, "Finding": box["Finding"],
+                **dict(zip("xywh", scaled)),
+                "probability": float(probabilities[class_index]),
+                "hit": pointing_game_hit(heatmap, scaled),
+                "IoU": box_iou(heatmap, scaled, threshold),
+                "vanished": vanished,
+            })
+    columns = ["Image", "Finding", "x", "y", "w", "h", "probability", "hit", "IoU", "vanished"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def summarise_localisation(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per finding and overall (``All``): boxes, images, pointing-game hit rate and mean IoU.
+
+    Args:
+        scores: the table of ``localisation_scores``.
+    """
+    missing = [column for column in ("Image", "Finding", "hit", "IoU", "vanished") if column not in scores]
+    if missing:
+        raise ValueError(f"Expected a localisation_scores table; missing column(s) {missing}.")
+
+    def summary(part: pd.DataFrame) -> dict:
+        return {
+            "boxes": len(part),
+            "images": part["Image"].nunique(),
+            "hit rate": part["hit"].astype(float).mean() if len(part) else np.nan,
+            "mean IoU": part["IoU"].mean() if len(part) else np.nan,
+            "vanished": int(part["vanished"].sum()),
+        }
+
+    rows = {finding: summary(part) for finding, part in scores.groupby("Finding", sort=True)}
+    rows["All"] = summary(scores)
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("finding")
+
+
+# --- figure --------------------------------------------------------------------------------------
+
+
+def plot_gradcam(
+    model: keras.Model,
+    image_uint8: np.ndarray,
+    statistics: tuple[float, float],
+    labels: Sequence[str],
+    selected_labels: Sequence[str],
+    boxes: pd.DataFrame | None = None,
+    layer_name: str = LAST_CONV_LAYER,
+    box_size: float = BOX_SOURCE_SIZE,
+) -> plt.Figure:
+    """The image, then its GradCAM for each selected finding (jet, over the grayscale image).
+
+    Args:
+        model: the classifier. image_uint8: (S, S) uint8 image at the model's input size.
+        statistics: training (mean, std). labels: the model's class names.
+        selected_labels: findings to explain, one panel each, titled "Finding: p=0.xx".
+        boxes: optional boxes of this image (``Finding``, ``x``, ``y``, ``w``, ``h`` in ``box_size``
+            coordinates), drawn on the panel of their finding.
+    """
+    image = _check_images(np.asarray(image_uint8)[np.newaxis], model)[0]
+    names = list(labels)
+    unknown = [name for name in selected_labels if name not in names]
+    if unknown or not len(selected_labels):
+        raise ValueError(f"selected_labels must be non-empty and among the model's labels; unknown: {unknown}.")
+    model_input = standardise(image[np.newaxis], statistics)
+    probabilities = keras.ops.convert_to_numpy(model(model_input, training=False))[0]
+    panels = len(selected_labels) + 1
+    figure, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(image, cmap="gray")
+    axes[0].set_title("Original")
+    for axis, name in zip(axes[1:], selected_labels):
+        heatmap, vanished = gradcam_heatmap(model, model_input[0], names.index(name), layer_name)
+        axis.imshow(image, cmap="gray")
+        axis.imshow(heatmap, cmap="jet", alpha=OVERLAY_ALPHA, vmin=0, vmax=1)
+        title = f"{name}: p={probabilities[names.index(name)]:.2f}"
+        axis.set_title(title + ("\n(gradient vanished)" if vanished else ""))
+        if boxes is not None:
+            for _, box in boxes[boxes["Finding"] == name].iterrows():
+                x, y, w, h = scale_box(box, box_size, image.shape[0])
+                # imshow puts pixel centres on integers, so pixel edges sit half a pixel before.
+                axis.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="lime", linewidth=1.5))
+    for axis in axes:
+        axis.axis("off")
+    figure.tight_layout()
+    return figure
