@@ -1,10 +1,12 @@
 # make notebook   set up .venv and execute the notebook on the real data (writes it and its figures)
 # make test       set up .venv and run every test, the notebook's outputs included (nbval)
+#                 (installs Debian's chromium for the browser tests of the web app if it is missing)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: notebook test clean
+.PHONY: notebook test clean browser
 
 $(BIN)/activate: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,18 @@ $(BIN)/activate: requirements.txt requirements-dev.txt
 notebook: $(BIN)/activate
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace chest_x_ray_diagnosis.ipynb
 
-test: $(BIN)/activate
+# Debian's Chromium for tests/test_app_e2e.py (Playwright drives it; its own browser downloads are
+# not used). Idempotent: does nothing when $(CHROMIUM) exists; as root or with sudo, else a warning.
+browser:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "warning: no apt-get: install Chromium at $(CHROMIUM) to run the browser tests"; exit 0; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+		echo "warning: not root and no sudo: apt-get install chromium to run the browser tests"; exit 0; fi; \
+	$$SUDO apt-get update && \
+	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+test: $(BIN)/activate browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -146,8 +146,11 @@ def load_shipped_model(prefix: str | Path) -> tuple[keras.Model, dict, tuple[flo
     card = json.loads(card_path.read_text())
     network = build_densenet121(len(card["labels"]), card["image_size"])
     load_pretrained_weights(network, prefix.with_name(prefix.name + ".weights.h5"))
+    return network, card, inference_statistics(card)
+
+
+def inference_statistics(card: dict) -> tuple[float, float] | str:
+    """How a shipped model's inputs are standardised: the training (mean, std), or ``"per-image"``."""
     if card.get("standardisation", TRAINING_STATISTICS) == TRAINING_STATISTICS:
-        statistics = (card["normalisation"]["mean"], card["normalisation"]["std"])
-    else:
-        statistics = card["standardisation"]
-    return network, card, statistics
+        return (float(card["normalisation"]["mean"]), float(card["normalisation"]["std"]))
+    return card["standardisation"]

@@ -62,9 +62,26 @@ class TrainConfig:
     limit: int | None = None  # keep only the first N rows of each split (smoke tests)
     seed: int = config.SEED
     strategy: str = "default"  # default | mirrored | multi-worker
-    initial_weights: str | None = None  # None, "imagenet" (online only) or a DenseNet121 notop file
+    # None (random), "imagenet" (online only), or any file load_pretrained_weights reads: a DenseNet121
+    # notop file, or the weights of an earlier run to start from (warm start)
+    initial_weights: str | None = None
+    # How validation images are standardised: "per-image" as in training, or "training-statistics"
+    # (the course's way; measured worse on validation for a model trained from scratch, see models/README.md)
+    validation_standardisation: str = pipeline.PER_IMAGE
     verbose: int = 1  # 1: a progress bar per epoch, 2: one line per epoch
     statistics_sample: int = 500  # training images sampled for the valid/test normalisation
+
+    def __post_init__(self):
+        choices = {
+            "labels": tuple(config.LABEL_SETS),
+            "optimizer": ("adam", "sgd", "adamw"),
+            "monitor": ("val_auc", "val_loss"),
+            "strategy": ("default", "mirrored", "multi-worker"),
+            "validation_standardisation": (pipeline.PER_IMAGE, model.TRAINING_STATISTICS),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -222,10 +239,17 @@ def train(cfg: TrainConfig) -> dict:
     train_data = pipeline.make_dataset(
         train_images, train_labels, cfg.batch_size, training=True, augmentation=augmentation, seed=cfg.seed
     )
-    valid_data = pipeline.make_dataset(valid_images, valid_labels, cfg.batch_size, training=False, statistics=statistics)
+    valid_statistics = statistics if cfg.validation_standardisation == model.TRAINING_STATISTICS else pipeline.PER_IMAGE
+    valid_data = pipeline.make_dataset(
+        valid_images, valid_labels, cfg.batch_size, training=False, statistics=valid_statistics
+    )
 
     with make_strategy(cfg.strategy).scope():
-        network = model.build_densenet121(len(cfg.label_names), cfg.image_size, cfg.initial_weights)
+        network = model.build_densenet121(
+            len(cfg.label_names), cfg.image_size, "imagenet" if cfg.initial_weights == "imagenet" else None
+        )
+        if cfg.initial_weights not in (None, "imagenet") and not state:
+            model.load_pretrained_weights(network, cfg.initial_weights)
         network.compile(
             optimizer=make_optimizer(cfg),
             loss=losses.get_weighted_loss(negative_frequencies, positive_frequencies),

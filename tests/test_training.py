@@ -302,3 +302,12 @@ def test_default_strategy_is_the_current_one():
 def test_unknown_strategy_is_rejected_by_name():
     with pytest.raises(ValueError, match="tpu"):
         make_strategy("tpu")
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [("labels", "15"), ("optimizer", "rmsprop"), ("monitor", "val_accuracy"), ("validation_standardisation", "batch")],
+)
+def test_config_rejects_unknown_choices_naming_the_setting(setting, value):
+    with pytest.raises(ValueError, match=setting):
+        TrainConfig(**{setting: value})

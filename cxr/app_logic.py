@@ -1,0 +1,266 @@
+"""The web app's logic, without the web: one uploaded file in, the findings table, the GradCAM
+overlays and a message out.
+
+``load_predictor`` builds DenseNet121 and loads the shipped weights once; ``Predictor.diagnose``
+reads a file with the notebook's preprocessing (``read_image`` at the model's size, then
+``standardise`` as the model's JSON says: per image, or with the training statistics shipped
+there, never recomputed) and
+never raises for a bad upload: it returns an empty table, no overlay and a message saying what is
+wrong. A lock serialises the model and matplotlib, so several requests at once are safe.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot is imported (cxr.gradcam imports it): no display needed
+
+import keras  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from cxr.gradcam import plot_gradcam  # noqa: E402
+from cxr.images import ImageReadError, read_image  # noqa: E402
+from cxr.model import build_densenet121, inference_statistics, load_pretrained_weights  # noqa: E402
+from cxr.pipeline import PER_IMAGE, Standardisation, standardise  # noqa: E402
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "densenet121_cxr14"
+ACCEPTED_FORMATS = ("PNG", "JPEG")
+# A decompression bomb is a small file that decodes to a huge image. The header gives the size
+# before any pixel is decoded: refuse anything above this many pixels (NIH originals: 1 Mpx;
+# the largest digital chest radiographs are about 4300 x 4300 = 18.5 Mpx).
+MAX_PIXELS = 40_000_000
+MAX_FILE_BYTES = 50 * 1024 * 1024
+TOP_K = 3
+COLUMNS = ["Finding", "Probability", "Threshold", "Above threshold"]
+DISCLAIMER = (
+    "Teaching project, not a diagnostic device. The model was trained on about two thousand NIH "
+    "ChestX-ray14 images with noisy, text-mined labels; its output must not be used to diagnose, "
+    "treat or reassure anyone."
+)
+
+
+class UnusableUpload(ValueError):
+    """An uploaded file that cannot be analysed; the message is meant for the person who sent it."""
+
+
+def model_files(prefix: str | Path) -> tuple[Path, Path]:
+    """(settings JSON, weights) of a model given as ``models/NAME``, ``NAME.json`` or ``NAME.weights.h5``."""
+    prefix = str(prefix)
+    for suffix in (".weights.h5", ".json"):
+        if prefix.endswith(suffix):
+            prefix = prefix[: -len(suffix)]
+    return Path(prefix + ".json"), Path(prefix + ".weights.h5")
+
+
+def _read_thresholds(settings: dict, labels: list[str]) -> dict[str, float] | None:
+    """The validated operating thresholds of the JSON, or None if it has none (or none usable)."""
+    raw = settings.get("thresholds")
+    if not isinstance(raw, dict):
+        return None
+    thresholds = {}
+    for label in labels:
+        value = raw.get(label)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and math.isfinite(value) and 0.0 <= value <= 1.0:
+            thresholds[label] = float(value)
+    return thresholds or None
+
+
+@dataclass
+class Predictor:
+    """The loaded model with what inference needs from its JSON."""
+
+    model: keras.Model
+    labels: list[str]
+    image_size: int
+    statistics: Standardisation
+    thresholds: dict[str, float] | None = None
+    settings: dict = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # --- checks on the upload, before anything is decoded -------------------------------------
+
+    @staticmethod
+    def check_upload(path: str | Path | None) -> Path:
+        """The path of a usable upload, or UnusableUpload saying why not (format, size, emptiness)."""
+        if path is None or str(path) == "":
+            raise UnusableUpload("No file was uploaded. Choose a PNG or JPEG chest X-ray.")
+        path = Path(path)
+        if not path.is_file():
+            raise UnusableUpload("The uploaded file could not be found on the server; please upload it again.")
+        size = path.stat().st_size
+        if size == 0:
+            raise UnusableUpload(f"'{path.name}' is empty (0 bytes). Upload a PNG or JPEG chest X-ray.")
+        if size > MAX_FILE_BYTES:
+            raise UnusableUpload(
+                f"'{path.name}' is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB."
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:  # reads the header only
+                    image_format, (width, height) = image.format, image.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise UnusableUpload(
+                f"'{path.name}' declares an image too large to decode safely "
+                f"(more than {MAX_PIXELS / 1e6:.0f} megapixels): {error}"
+            ) from error
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise UnusableUpload(
+                f"'{path.name}' is not an image this app can read. Upload a PNG or JPEG chest X-ray."
+            ) from error
+        if image_format not in ACCEPTED_FORMATS:
+            raise UnusableUpload(
+                f"'{path.name}' is a {image_format} image; upload a PNG or JPEG chest X-ray."
+            )
+        if width * height > MAX_PIXELS:
+            raise UnusableUpload(
+                f"'{path.name}' is {width} x {height} pixels ({width * height / 1e6:.0f} megapixels); "
+                f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels, which protects the server from "
+                "decompression bombs. Downscale the image and upload it again."
+            )
+        return path
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """The upload as the notebook reads an image: (size, size) uint8 grayscale."""
+        path = self.check_upload(path)
+        try:
+            return read_image(path, self.image_size)
+        except (ImageReadError, OSError, ValueError) as error:
+            raise UnusableUpload(
+                f"'{path.name}' could not be decoded: the file is truncated or corrupt. "
+                "Upload the complete PNG or JPEG file."
+            ) from error
+
+    # --- inference ----------------------------------------------------------------------------
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """(C,) probabilities of one (size, size) uint8 image."""
+        model_input = standardise(pixels[np.newaxis], self.statistics)
+        with self.lock:
+            output = self.model(model_input, training=False)
+        return np.asarray(keras.ops.convert_to_numpy(output), dtype=np.float64)[0]
+
+    def findings_table(self, probabilities: np.ndarray) -> pd.DataFrame:
+        """Findings sorted by probability, descending, with threshold and whether it is reached."""
+        rows = []
+        for label, probability in zip(self.labels, probabilities):
+            threshold = (self.thresholds or {}).get(label, float("nan"))
+            above = "n/a" if math.isnan(threshold) else ("yes" if probability >= threshold else "no")
+            rows.append({"Finding": label, "Probability": float(probability), "Threshold": threshold,
+                         "Above threshold": above})
+        table = pd.DataFrame(rows, columns=COLUMNS)
+        return table.sort_values("Probability", ascending=False, kind="stable").reset_index(drop=True)
+
+    def overlay(self, pixels: np.ndarray, findings: list[str]) -> Image.Image:
+        """The image and its GradCAM for each finding, as one RGB picture (the notebook's figure)."""
+        with self.lock:
+            figure = plot_gradcam(self.model, pixels, self.statistics, self.labels, findings)
+            try:
+                buffer = io.BytesIO()
+                figure.savefig(buffer, format="png", dpi=100)
+            finally:
+                plt.close(figure)
+        buffer.seek(0)
+        with Image.open(buffer) as picture:
+            return picture.convert("RGB")
+
+    def summary(self, table: pd.DataFrame, name: str) -> str:
+        """The message shown above the table: top finding, marked findings, thresholds' availability."""
+        top = table.iloc[0]
+        lines = [f"**Top finding: {top['Finding']}** (probability {top['Probability']:.3f}) for '{name}'."]
+        if self.thresholds is None:
+            lines.append("Validated thresholds are unavailable for this model: no finding is marked.")
+        else:
+            marked = table.loc[table["Above threshold"] == "yes", "Finding"].tolist()
+            if marked:
+                lines.append(f"Above their validated thresholds ({len(marked)} of {len(table)}): "
+                             + ", ".join(marked) + ".")
+            else:
+                lines.append("No finding is above its validated threshold.")
+        lines.append(f"GradCAM overlays show the top {min(TOP_K, len(table))} findings.")
+        return "\n\n".join(lines)
+
+    def diagnose(self, path: str | Path | None) -> tuple[pd.DataFrame, Image.Image | None, str]:
+        """One upload -> (findings table sorted descending, GradCAM overlay picture, message).
+
+        Never raises for a bad upload: the table is then empty, the overlay None and the message
+        says what is wrong. The message of a good upload starts with "**Top finding:".
+        """
+        try:
+            pixels = self.read(path)
+        except UnusableUpload as error:
+            return pd.DataFrame(columns=COLUMNS), None, f"**Error:** {error}"
+        table = self.findings_table(self.probabilities(pixels))
+        overlay = self.overlay(pixels, table["Finding"].head(TOP_K).tolist())
+        return table, overlay, self.summary(table, Path(path).name)
+
+    def warm_up(self) -> None:
+        """One prediction and one GradCAM on a blank image, so that the first request is not slow."""
+        blank = np.full((self.image_size, self.image_size), 128, np.uint8)
+        self.probabilities(blank)
+        self.overlay(blank, self.labels[:1])
+
+
+def read_settings(path: str | Path) -> dict:
+    """What inference needs from a model's JSON: labels, image size, standardisation, thresholds.
+
+    Returns:
+        ``labels``, ``image_size``, ``statistics`` ((mean, std) or ``PER_IMAGE``), ``thresholds`` (None when the JSON has
+        none) and ``settings`` (the whole JSON).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model settings {path} not found.")
+    try:
+        settings = json.loads(path.read_text())
+        labels = [str(label) for label in settings["labels"]]
+        image_size = int(settings["image_size"])
+        statistics = inference_statistics(settings)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: expected JSON with 'labels', 'image_size' and 'normalisation' "
+                         f"mean and std ({error!r}).") from error
+    if not labels or image_size < 1 or (statistics != PER_IMAGE and not statistics[1] > 0):
+        raise ValueError(f"{path}: needs labels, a positive image_size and a positive normalisation std.")
+    return {"labels": labels, "image_size": image_size, "statistics": statistics,
+            "thresholds": _read_thresholds(settings, labels), "settings": settings}
+
+
+def load_predictor(prefix: str | Path = DEFAULT_MODEL, warm_up: bool = False,
+                   model: keras.Model | None = None) -> Predictor:
+    """Build DenseNet121 and load the shipped weights and settings (labels, size, training statistics).
+
+    Args:
+        prefix: ``models/densenet121_cxr14`` (with ``.json`` and ``.weights.h5`` beside it).
+        warm_up: run the model once, so the first request is as fast as the next ones.
+        model: an already loaded model to use with this JSON instead of loading the weights again.
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file that is missing or wrong.
+    """
+    settings_path, weights_path = model_files(prefix)
+    found = read_settings(settings_path)
+    if model is None:
+        model = build_densenet121(num_classes=len(found["labels"]), image_size=found["image_size"])
+        load_pretrained_weights(model, weights_path)
+    elif model.output_shape[-1] != len(found["labels"]) or tuple(model.input_shape[1:3]) != (found["image_size"],) * 2:
+        raise ValueError(f"{settings_path} does not describe the given model (labels or image size differ).")
+    predictor = Predictor(model, found["labels"], found["image_size"], found["statistics"],
+                          found["thresholds"], found["settings"])
+    if warm_up:
+        predictor.warm_up()
+    return predictor

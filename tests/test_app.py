@@ -1,0 +1,352 @@
+"""The web app's prediction function (cxr/app_logic.py), without the web.
+
+The shipped model is loaded once (from a copy of its JSON without thresholds, so the "thresholds
+unavailable" case is covered); other JSONs reuse the loaded model. Uploads are real NIH test
+images, converted to 16-bit PNG and RGB JPEG, and bad files made here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr import app_logic, config
+from cxr.app_logic import COLUMNS, TOP_K, load_predictor, model_files
+from cxr.images import read_image
+from cxr.model import inference_statistics
+from cxr.pipeline import PER_IMAGE, make_dataset
+
+SHIPPED = app_logic.DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def test_image() -> Path:
+    """The first 512-px image of the committed test split."""
+    try:
+        data_dir = config.data_dir()
+    except FileNotFoundError as error:
+        pytest.skip(f"NIH data directory not available ({error})")
+    frame = pd.read_csv(config.SPLIT_DIR / "test.csv")
+    row = frame[frame["Resolution"] == 512].iloc[0]
+    path = data_dir / config.FULL_RESOLUTION_DIR / row["Image"]
+    if not path.is_file():
+        pytest.skip(f"test image {path} not available")
+    return path
+
+
+@pytest.fixture(scope="module")
+def settings_without_thresholds(tmp_path_factory) -> Path:
+    """A model prefix whose JSON is the shipped one less its thresholds, the weights linked."""
+    settings_path, weights_path = model_files(SHIPPED)
+    folder = tmp_path_factory.mktemp("model")
+    settings = json.loads(settings_path.read_text())
+    settings.pop("thresholds", None)
+    (folder / "cxr.json").write_text(json.dumps(settings))
+    try:
+        (folder / "cxr.weights.h5").symlink_to(weights_path.resolve())
+    except OSError:
+        shutil.copy(weights_path, folder / "cxr.weights.h5")
+    return folder / "cxr"
+
+
+@pytest.fixture(scope="module")
+def predictor(settings_without_thresholds):
+    return load_predictor(settings_without_thresholds)
+
+
+@pytest.fixture(scope="module")
+def real_result(predictor, test_image):
+    """diagnose() of the real test image, computed once."""
+    return predictor.diagnose(test_image)
+
+
+def probabilities_of(table: pd.DataFrame, labels) -> np.ndarray:
+    return table.set_index("Finding").loc[list(labels), "Probability"].to_numpy()
+
+
+def with_thresholds(predictor, tmp_path: Path, thresholds: dict) -> app_logic.Predictor:
+    """The same loaded model with a temporary JSON holding these thresholds."""
+    settings = dict(predictor.settings, thresholds=thresholds)
+    (tmp_path / "thresholded.json").write_text(json.dumps(settings))
+    return load_predictor(tmp_path / "thresholded", model=predictor.model)
+
+
+def assert_good_result(result, labels) -> pd.DataFrame:
+    table, overlay, message = result
+    assert list(table.columns) == COLUMNS
+    assert sorted(table["Finding"]) == sorted(labels)
+    probabilities = table["Probability"].to_numpy()
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+    assert np.all(np.diff(probabilities) <= 0), "not sorted by probability, descending"
+    assert isinstance(overlay, Image.Image) and overlay.mode == "RGB"
+    assert overlay.width > 3 * overlay.height, "expected the image and one panel per top finding"
+    assert message.startswith(f"**Top finding: {table['Finding'][0]}**")
+    assert f"top {TOP_K} findings" in message
+    return table
+
+
+def assert_error(result, *fragments: str) -> str:
+    table, overlay, message = result
+    assert table.empty and list(table.columns) == COLUMNS
+    assert overlay is None
+    assert message.startswith("**Error:**")
+    assert "Traceback" not in message
+    for fragment in fragments:
+        assert fragment in message
+    return message
+
+
+# --- good uploads ----------------------------------------------------------------------------------
+
+
+def test_real_test_image_gives_sorted_probabilities_and_overlays(predictor, test_image, real_result):
+    table = assert_good_result(real_result, predictor.labels)
+    assert len(table) == 14
+    assert test_image.name in real_result[2]
+
+
+def test_preprocessing_is_the_notebooks(predictor, test_image, real_result):
+    """read_image at the model's size, then the validation/test pipeline with the training statistics."""
+    pixels = read_image(test_image, predictor.image_size)
+    dataset = make_dataset(pixels[np.newaxis], np.zeros((1, 0), np.float32), batch_size=1, training=False,
+                           statistics=predictor.statistics)
+    batch = next(iter(dataset))[0]
+    expected = keras.ops.convert_to_numpy(predictor.model(batch, training=False))[0]
+    np.testing.assert_allclose(probabilities_of(real_result[0], predictor.labels), expected, atol=1e-5)
+
+
+def test_standardisation_comes_from_the_json(predictor, settings_without_thresholds):
+    settings = json.loads(model_files(settings_without_thresholds)[0].read_text())
+    assert predictor.statistics == inference_statistics(settings)
+    assert predictor.image_size == settings["image_size"] == predictor.model.input_shape[1]
+
+
+@pytest.mark.parametrize(
+    "standardisation, expected",
+    [("per-image", "per-image"), ("training-statistics", (100.0, 50.0)), (None, (100.0, 50.0))],
+)
+def test_json_standardisation_selects_per_image_or_training_statistics(tmp_path, standardisation, expected):
+    card = {"labels": ["A"], "image_size": 32, "normalisation": {"mean": 100.0, "std": 50.0}}
+    if standardisation:
+        card["standardisation"] = standardisation
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    assert app_logic.read_settings(tmp_path / "card.json")["statistics"] == expected
+
+
+def test_16_bit_png_gives_the_same_result_as_8_bit(predictor, test_image, real_result, tmp_path):
+    pixels = np.asarray(Image.open(test_image).convert("L"), dtype=np.uint16) * 257  # 0..255 -> 0..65535
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(pixels).save(path)
+    assert Image.open(path).mode.startswith("I;16") or Image.open(path).mode == "I"
+    sixteen = assert_good_result(predictor.diagnose(path), predictor.labels)
+    np.testing.assert_allclose(sixteen["Probability"], real_result[0]["Probability"], atol=1e-6)
+
+
+def test_rgb_jpeg_of_another_size(predictor, test_image, tmp_path):
+    gray = Image.open(test_image).convert("L").resize((700, 600))
+    path = tmp_path / "colour.jpg"
+    Image.merge("RGB", (gray, gray, gray)).save(path, quality=90)
+    assert Image.open(path).mode == "RGB"
+    assert_good_result(predictor.diagnose(path), predictor.labels)
+
+
+def test_rgba_png(predictor, test_image, tmp_path):
+    path = tmp_path / "alpha.png"
+    Image.open(test_image).convert("RGBA").save(path)
+    assert_good_result(predictor.diagnose(path), predictor.labels)
+
+
+# --- thresholds ------------------------------------------------------------------------------------
+
+
+def test_without_thresholds_nothing_is_marked_and_the_message_says_so(predictor, real_result):
+    assert predictor.thresholds is None
+    table, _, message = real_result
+    assert (table["Above threshold"] == "n/a").all()
+    assert table["Threshold"].isna().all()
+    assert "thresholds are unavailable" in message
+
+
+def test_findings_at_or_above_their_thresholds_are_marked(predictor, test_image, tmp_path):
+    labels = predictor.labels
+    # Two findings always above (0.0), one left without a threshold, the rest never reached (1.0).
+    thresholds = {label: 1.0 for label in labels[3:]} | {labels[0]: 0.0, labels[1]: 0.0}
+    marked = with_thresholds(predictor, tmp_path, thresholds)
+    table, _, message = marked.diagnose(test_image)
+    above = table.set_index("Finding")["Above threshold"]
+    assert above[labels[0]] == above[labels[1]] == "yes"
+    assert above[labels[2]] == "n/a"
+    assert (above[list(labels[3:])] == "no").all()
+    assert f"Above their validated thresholds (2 of {len(labels)})" in message
+    assert labels[0] in message and labels[1] in message
+
+
+def test_marking_follows_the_probabilities(predictor, real_result, tmp_path):
+    """A finding is marked when its probability is >= its threshold, not otherwise."""
+    probabilities = probabilities_of(real_result[0], predictor.labels)
+    thresholds = dict(zip(predictor.labels, probabilities.tolist()))  # p >= p: all marked
+    table = with_thresholds(predictor, tmp_path, thresholds).findings_table(probabilities)
+    assert (table["Above threshold"] == "yes").all()
+    thresholds = {label: min(1.0, p + 1e-3) for label, p in zip(predictor.labels, probabilities.tolist())}
+    marked = with_thresholds(predictor, tmp_path, thresholds)
+    table = marked.findings_table(probabilities)
+    assert (table["Above threshold"] == "no").all()
+    assert "No finding is above its validated threshold" in marked.summary(table, "x.png")
+
+
+def test_unusable_thresholds_are_ignored(predictor, tmp_path):
+    marked = with_thresholds(predictor, tmp_path, {predictor.labels[0]: "high", predictor.labels[1]: 1.5})
+    assert marked.thresholds is None
+
+
+# --- bad uploads -----------------------------------------------------------------------------------
+
+
+def test_non_image_file(predictor, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not an x-ray\n" * 10)
+    assert_error(predictor.diagnose(path), "'notes.txt'", "not an image")
+
+
+def test_non_image_with_an_image_name(predictor, tmp_path):
+    path = tmp_path / "fake.png"
+    path.write_bytes(b"%PDF-1.4\n" + bytes(range(256)) * 4)
+    assert_error(predictor.diagnose(path), "not an image")
+
+
+def test_empty_file(predictor, tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    assert_error(predictor.diagnose(path), "empty")
+
+
+def test_no_file(predictor, tmp_path):
+    assert_error(predictor.diagnose(None), "No file")
+    assert_error(predictor.diagnose(tmp_path / "gone.png"), "could not be found")
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_truncated_image(predictor, test_image, tmp_path, suffix):
+    whole = tmp_path / f"whole{suffix}"
+    Image.open(test_image).convert("L").save(whole)
+    data = whole.read_bytes()
+    path = tmp_path / f"truncated{suffix}"
+    path.write_bytes(data[: len(data) // 2])
+    assert_error(predictor.diagnose(path), "truncated or corrupt")
+
+
+def test_decompression_bomb_is_refused_before_decoding(predictor, tmp_path):
+    """A 9000 x 9000 1-bit PNG: a small file, 81 megapixels once decoded."""
+    path = tmp_path / "bomb.png"
+    Image.new("1", (9000, 9000)).save(path, optimize=True)
+    assert path.stat().st_size < 100_000
+    assert_error(predictor.diagnose(path), "9000 x 9000", "megapixels")
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height (its data is a single row)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1)))
+            + chunk(b"IEND", b""))
+
+
+def test_a_header_declaring_a_gigantic_image_is_refused(predictor, tmp_path):
+    path = tmp_path / "giant.png"
+    path.write_bytes(png_with_size(100_000, 100_000))  # beyond Pillow's own bomb limit
+    assert_error(predictor.diagnose(path), "too large")
+    path.write_bytes(png_with_size(8_000, 8_000))  # below Pillow's limit, above the app's
+    assert_error(predictor.diagnose(path), "megapixels")
+
+
+def test_other_formats_are_refused(predictor, test_image, tmp_path):
+    path = tmp_path / "scan.gif"
+    Image.open(test_image).convert("L").save(path)
+    assert_error(predictor.diagnose(path), "GIF", "PNG or JPEG")
+
+
+def test_oversized_file(predictor, tmp_path, monkeypatch):
+    monkeypatch.setattr(app_logic, "MAX_FILE_BYTES", 1000)
+    path = tmp_path / "large.png"
+    path.write_bytes(b"\x00" * 2000)
+    assert_error(predictor.diagnose(path), "limit")
+
+
+def test_it_keeps_working_after_bad_uploads(predictor, test_image, tmp_path):
+    path = tmp_path / "bad.png"
+    path.write_bytes(b"garbage")
+    assert_error(predictor.diagnose(path))
+    assert_good_result(predictor.diagnose(test_image), predictor.labels)
+
+
+# --- concurrency and loading -----------------------------------------------------------------------
+
+
+def test_several_requests_at_once_give_the_same_answer(predictor, test_image, real_result, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("text")
+    paths = [test_image, bad, test_image]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(predictor.diagnose, paths))
+    assert_error(results[1])
+    for table, _, _ in (results[0], results[2]):
+        pd.testing.assert_frame_equal(table, real_result[0])
+
+
+def test_model_files_accepts_a_prefix_or_either_file():
+    for given in ("models/m", "models/m.json", "models/m.weights.h5"):
+        assert model_files(given) == (Path("models/m.json"), Path("models/m.weights.h5"))
+
+
+def test_missing_or_incomplete_settings_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.json"):
+        load_predictor(tmp_path / "nothing")
+    (tmp_path / "broken.json").write_text(json.dumps({"labels": ["A"]}))
+    with pytest.raises(ValueError, match="normalisation"):
+        load_predictor(tmp_path / "broken")
+
+
+def test_the_shipped_json_reads(predictor):
+    found = app_logic.read_settings(model_files(SHIPPED)[0])
+    assert found["labels"] == predictor.labels
+    assert found["statistics"] == PER_IMAGE or found["statistics"][1] > 0
+
+
+# --- the page's side of it (app.py, without a server) ---------------------------------------------
+
+
+def test_the_page_table_is_formatted_and_marks_findings(predictor, real_result, tmp_path):
+    import app
+
+    probabilities = probabilities_of(real_result[0], predictor.labels)
+    thresholds = {label: 0.0 for label in predictor.labels[:2]}
+    table = with_thresholds(predictor, tmp_path, thresholds).findings_table(probabilities)
+    styled = app.display_table(table)
+    shown = styled.data
+    assert list(shown.columns) == COLUMNS
+    assert all(len(value.split(".")[1]) == 3 for value in shown["Probability"])
+    assert (shown["Threshold"] == "n/a").sum() == len(predictor.labels) - 2
+    html = styled.to_html()
+    assert html.count(app.MARKED_STYLE.split(";")[0]) >= 1
+    assert app.display_table(pd.DataFrame(columns=COLUMNS)).empty
+
+
+def test_the_page_builds_with_and_without_thresholds(predictor, tmp_path):
+    import app
+
+    assert "thresholds are unavailable" in app.model_description(predictor)
+    marked = with_thresholds(predictor, tmp_path, {predictor.labels[0]: 0.5})
+    assert "marked when its probability reaches its threshold" in app.model_description(marked)
+    blocks = app.build_app(marked)
+    assert blocks.title == app.TITLE
