@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: notebook test clean browser
+.PHONY: notebook test student clean browser
 
 $(BIN)/activate: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ browser:
 
 test: $(BIN)/activate browser
 	$(BIN)/python -m pytest
+
+# The learner's copy: solutions replaced by stubs, outputs cleared (student/chest_x_ray_diagnosis.ipynb).
+student: $(BIN)/activate
+	$(BIN)/python make_student_notebook.py
 
 clean:
 	rm -rf $(VENV) data/cache

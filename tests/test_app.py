@@ -29,20 +29,6 @@ from cxr.pipeline import PER_IMAGE, make_dataset
 SHIPPED = app_logic.DEFAULT_MODEL
 
 
-@pytest.fixture(scope="module")
-def test_image() -> Path:
-    """The first 512-px image of the committed test split."""
-    try:
-        data_dir = config.data_dir()
-    except FileNotFoundError as error:
-        pytest.skip(f"NIH data directory not available ({error})")
-    frame = pd.read_csv(config.SPLIT_DIR / "test.csv")
-    row = frame[frame["Resolution"] == 512].iloc[0]
-    path = data_dir / config.FULL_RESOLUTION_DIR / row["Image"]
-    if not path.is_file():
-        pytest.skip(f"test image {path} not available")
-    return path
-
 
 @pytest.fixture(scope="module")
 def settings_without_thresholds(tmp_path_factory) -> Path:

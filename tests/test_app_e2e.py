@@ -46,18 +46,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def test_image() -> Path:
-    try:
-        data_dir = config.data_dir()
-    except FileNotFoundError as error:
-        pytest.skip(f"NIH data directory not available ({error})")
-    frame = pd.read_csv(config.SPLIT_DIR / "test.csv")
-    path = data_dir / config.FULL_RESOLUTION_DIR / frame.loc[frame["Resolution"] == 512, "Image"].iloc[0]
-    if not path.is_file():
-        pytest.skip(f"test image {path} not available")
-    return path
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
