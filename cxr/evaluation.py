@@ -128,10 +128,10 @@ def predict_probabilities(
         raise ValueError(f"statistics must be (mean, std) with std > 0 or {PER_IMAGE!r}, got {statistics}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    # One compiled graph per model does the standardisation of the validation pipeline and the
-    # forward pass; calling it batch by batch skips model.predict's per-call set-up (its data adapter
-    # and tf.data pipeline), measured in bench/run.py.
-    forward = _forward_pass(model, per_image=isinstance(statistics, str))
+    # One compiled graph per model does the validation pipeline's standardisation and the forward
+    # pass, its batch norms as fused ops; called batch by batch it beats model.predict on the CPU
+    # with the same probabilities (bench/run.py; figures in bench/RESULTS.md).
+    forward = _forward_pass(model, per_image=isinstance(statistics, str), dtype=tf.as_dtype(images.dtype))
     mean, std = (0.0, 1.0) if isinstance(statistics, str) else statistics
     mean, std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
     steps = -(-len(images) // batch_size)
@@ -145,31 +145,75 @@ def predict_probabilities(
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
-# model -> {per_image: compiled forward pass}; weak, so that a model nobody holds frees its graphs.
+# model -> {(per_image, dtype): compiled forward pass}; weak, so that a model nobody holds frees its graphs.
 _FORWARD_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _forward_pass(model: keras.Model, per_image: bool) -> Callable:
-    """A tf.function: uint8 (B, H, W) batch, mean, std -> (B, C) float32 probabilities of ``model``.
+def _forward_pass(model: keras.Model, per_image: bool, dtype: tf.DType = tf.uint8) -> Callable:
+    """A tf.function: (B, H, W) batch of ``dtype`` pixels, mean, std -> (B, C) float32 probabilities.
 
     Traced once per model and standardisation for any batch size; it reads the model's variables
     when called, so weights loaded later are used. It holds the model only weakly.
     """
     passes = _FORWARD_PASSES.setdefault(model, {})
-    if per_image not in passes:
+    key = (per_image, dtype)
+    if key not in passes:
         network = weakref.ref(model)
         height, width = model.input_shape[1:3]
-        signature = [tf.TensorSpec((None, height, width), tf.uint8), tf.TensorSpec((), tf.float32),
+        signature = [tf.TensorSpec((None, height, width), dtype), tf.TensorSpec((), tf.float32),
                      tf.TensorSpec((), tf.float32)]
+
+        # Holds the model's layers (shared), not the model itself.
+        view = _fused_batch_norm_view(model)
 
         @tf.function(input_signature=signature)
         def forward(batch, mean, std):
             pixels = tf.cast(batch, tf.float32)[..., tf.newaxis]
             standardised = pipeline._standardise_batch(pixels, PER_IMAGE if per_image else (mean, std))
-            return tf.cast(network()(standardised, training=False), tf.float32)
+            return tf.cast((view if view is not None else network())(standardised, training=False), tf.float32)
 
-        passes[per_image] = forward
-    return passes[per_image]
+        passes[key] = forward
+    return passes[key]
+
+
+class _FusedBatchNormalization(keras.layers.Layer):
+    """Inference view of a BatchNormalization layer as TensorFlow's single fused op, on its variables.
+
+    Keras 3 computes inference batch normalisation as separate multiply and add ops over the tensor;
+    FusedBatchNormV3 is one op, which TensorFlow's graph optimiser can also fuse with its neighbours
+    (faster on the CPU, measured in bench/run.py). It reads the source layer's variables, so it never
+    goes stale; input the fused op does not take goes through the source layer itself.
+    """
+
+    def __init__(self, source: keras.layers.BatchNormalization, **kwargs):
+        super().__init__(name=f"{source.name}_fused", **kwargs)
+        self.source = source
+
+    def call(self, inputs, mask=None):
+        source = self.source
+        if (mask is not None or len(inputs.shape) != 4 or source.axis not in (-1, 3)
+                or inputs.dtype != tf.float32 or source.epsilon < 1.001e-5):  # the fused op's minimum epsilon
+            return source(inputs, training=False, mask=mask)
+        channels = inputs.shape[-1]
+        output, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            inputs, source.gamma if source.scale else tf.ones((channels,)),
+            source.beta if source.center else tf.zeros((channels,)), mean=source.moving_mean,
+            variance=source.moving_variance, epsilon=source.epsilon, is_training=False)
+        return output
+
+
+def _fused_batch_norm_view(model: keras.Model) -> keras.Model | None:
+    """The model with the same (shared) layers, its BatchNormalization layers seen through the fused op.
+
+    None when there is no batch normalisation or the model cannot be cloned (a subclassed model).
+    """
+    if not any(type(layer) is keras.layers.BatchNormalization for layer in model.layers):
+        return None
+    try:
+        return keras.models.clone_model(model, clone_function=lambda layer: _FusedBatchNormalization(layer)
+                                        if type(layer) is keras.layers.BatchNormalization else layer)
+    except Exception:  # noqa: BLE001 - any model Keras cannot clone is run as it is
+        return None
 
 
 # --- AUROC ---------------------------------------------------------------------------------------

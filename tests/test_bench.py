@@ -1,0 +1,117 @@
+"""The benchmark script's pieces on tiny inputs, so that `bench/run.py` cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench import run
+from cxr.pipeline import PER_IMAGE
+
+SIZE = 16
+
+
+def tiny_model(classes: int = 3) -> keras.Model:
+    """A small functional CNN with batch normalisation, like DenseNet's building blocks."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization(epsilon=1.001e-5)(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(classes, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs, name="tiny")
+    # Non-trivial batch-norm statistics, so that a wrong fused or frozen computation shows.
+    bn = model.layers[2]
+    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 4).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 4).astype("float32"))
+    return model
+
+
+def pixels(count: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, SIZE, SIZE), dtype=np.uint8)
+
+
+def positive_finite(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_interleave_rotates_the_order_and_ratio_is_baseline_over_candidate():
+    calls = []
+    seconds = run.interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert all(len(times) == 3 for times in seconds.values())
+    assert run.median_ratio([2.0, 4.0, 3.0], [1.0, 1.0, 3.0]) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("statistics", [(120.0, 50.0), PER_IMAGE], ids=["training-statistics", "per-image"])
+def test_inference_rows_have_finite_ratios_and_matching_predictions(statistics):
+    rows = run.benchmark_inference(tiny_model(), pixels(), statistics, repeats=3, explore=False,
+                                   peak_gflops=100.0, log=lambda message: None)
+    paths = [row["path"] for row in rows]
+    assert paths[0].startswith("plain model.predict") and any(path.startswith("project") for path in paths)
+    for row in rows:
+        assert positive_finite(row["ratio"]) and positive_finite(row["images/s"])
+        assert row["max abs diff"] <= run.TOLERANCE
+    assert rows[0]["ratio"] == pytest.approx(1.0)
+
+
+def test_inference_variants_match_plain_predict():
+    model, images, statistics = tiny_model(), pixels(7), (120.0, 50.0)
+    expected = run.plain_predict(model, images, statistics, batch_size=3)
+    variants = {
+        "tf.function": run.function_predict(run.function_forward(model, False, statistics), images, 3, False),
+        "padded": run.function_predict(run.function_forward(model, False, statistics), images, 4, True),
+        "fused batch norm": run.function_predict(
+            run.function_forward(run.fused_copy(model), False, statistics), images, 3, False),
+        "frozen": run.function_predict(run.frozen_forward(model, statistics), images, 3, False),
+        "before": run.dataset_predict(model, images, statistics),
+    }
+    for name, probabilities in variants.items():
+        assert probabilities.shape == expected.shape, name
+        assert np.max(np.abs(probabilities - expected)) <= run.TOLERANCE, name
+
+
+def test_training_rows_and_report(tmp_path):
+    images = pixels(8, seed=1)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    labels = (np.random.default_rng(1).random((8, 3)) < 0.5).astype(np.float32)
+    model = run.compiled_for_training(tiny_model(), labels)
+    rows = run.benchmark_training(model, images, labels, paths, batch_size=4, steps=1, repeats=3,
+                                  pipeline_batches=2, log=lambda message: None)
+    assert [row["path"] for row in rows] == ["plain fit on a PIL generator (baseline)", "project: make_dataset + fit",
+                                            "PIL generator alone", "project: make_dataset alone"]
+    for row in rows:
+        assert positive_finite(row["ratio"]) and positive_finite(row["images/s"])
+
+    inference = run.benchmark_inference(tiny_model(), pixels(), (120.0, 50.0), repeats=3, explore=False,
+                                        peak_gflops=100.0, log=lambda message: None)
+    results = {"quick": True, "machine": run.machine_info(), "peak_n": 64, "peak_gflops": 100.0,
+               "peak_bf16_gflops": 200.0, "inference": inference, "threads": [], "training": rows,
+               "memory": [{"workload": "inference", "baseline MiB": 100.0, "project MiB": 90.0, "ratio": 0.9}],
+               "notebook": None, "seconds": 1.0, "notes": []}
+    text = run.report(results)
+    header = next(line for line in text.splitlines() if line.startswith("| size"))
+    assert "| ratio |" in header and "| max abs diff |" in header
+    assert all(line.count("|") == header.count("|") for line in text.splitlines() if line.startswith("| 16 "))
+    assert "training: project fit" in text and "input pipeline alone" in text
+    assert run.training_findings(rows)[0].startswith("training: the model consumes")
+    assert results["machine"]["cores"] >= 1 and results["machine"]["tensorflow"] in text
+
+
+def test_findings_name_the_fastest_accepted_candidate_and_the_rejected_ones():
+    def row(path, ratio, diff):
+        return {"size": 128, "path": path, "ratio": ratio, "max abs diff": diff}
+
+    lines = run.inference_findings([row("plain model.predict (baseline)", 1.0, 0.0), row("project: x", 1.6, 1e-7),
+                                    row("fast but wrong", 3.0, 5e-3), row("tf.function, batch 32", 1.7, 1e-7)])
+    assert lines[0].startswith("128 px: fastest within 0.001 of plain predict: tf.function, batch 32 (1.70x)")
+    assert "the project path: 1.60x" in lines[0]
+    assert any(line.startswith("128 px: fast but wrong rejected") for line in lines)
