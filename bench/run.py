@@ -244,37 +244,9 @@ def weight_copy(network: keras.Model, dtype_policy: str | None = None) -> keras.
     return copy
 
 
-class FusedBatchNormalization(keras.layers.Layer):
-    """Inference view of a BatchNormalization layer as TensorFlow's single fused op, on its variables.
-
-    Keras 3 computes inference batch normalisation as separate multiply and add ops; the fused op
-    (FusedBatchNormV3) is one pass over the tensor, and TensorFlow's graph optimiser can fuse it with
-    a neighbouring convolution or ReLU. It reads the source layer's variables, so it never goes stale;
-    any input the fused op does not take goes through the source layer itself.
-    """
-
-    def __init__(self, source: keras.layers.BatchNormalization, **kwargs):
-        super().__init__(name=f"{source.name}_fused", **kwargs)
-        self.source = source
-
-    def call(self, inputs, mask=None):
-        source = self.source
-        if mask is not None or len(inputs.shape) != 4 or source.axis not in (-1, 3) \
-                or inputs.dtype != tf.float32 or source.epsilon < 1.001e-5:
-            return source(inputs, training=False, mask=mask)
-        channels = inputs.shape[-1]
-        output, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            inputs, source.gamma if source.scale else tf.ones((channels,)),
-            source.beta if source.center else tf.zeros((channels,)), mean=source.moving_mean,
-            variance=source.moving_variance, epsilon=source.epsilon, is_training=False)
-        return output
-
-
 def fused_copy(network: keras.Model) -> keras.Model:
     """The same model (its own layers, shared) with every BatchNormalization seen through the fused op."""
-    return keras.models.clone_model(
-        network, clone_function=lambda layer: FusedBatchNormalization(layer)
-        if type(layer) is keras.layers.BatchNormalization else layer)
+    return evaluation._fused_batch_norm_view(network)
 
 
 def frozen_forward(network: keras.Model, statistics) -> Callable:
