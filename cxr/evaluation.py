@@ -22,6 +22,7 @@ import tensorflow as tf
 from sklearn import metrics
 
 from cxr import config, pipeline
+from cxr import model as cxr_model
 from cxr.pipeline import PER_IMAGE, Standardisation
 
 # Columns of the Google 2019 expert label file that the comparison reads.
@@ -177,12 +178,11 @@ def _forward_pass(model: keras.Model, per_image: bool, dtype: tf.DType = tf.uint
 
 
 class _FusedBatchNormalization(keras.layers.Layer):
-    """Inference view of a BatchNormalization layer as TensorFlow's single fused op, on its variables.
+    """Inference view of a plain Keras BatchNormalization layer as TensorFlow's fused op, on its variables.
 
-    Keras 3 computes inference batch normalisation as separate multiply and add ops over the tensor;
-    FusedBatchNormV3 is one op, which TensorFlow's graph optimiser can also fuse with its neighbours
-    (faster on the CPU, measured in bench/run.py). It reads the source layer's variables, so it never
-    goes stale; input the fused op does not take goes through the source layer itself.
+    For models not built by ``build_densenet121`` (whose batch norms are fused already). It reads the
+    source layer's variables, so it never goes stale; input the fused op does not take goes through
+    the source layer itself.
     """
 
     def __init__(self, source: keras.layers.BatchNormalization, **kwargs):
@@ -190,16 +190,8 @@ class _FusedBatchNormalization(keras.layers.Layer):
         self.source = source
 
     def call(self, inputs, mask=None):
-        source = self.source
-        if (mask is not None or len(inputs.shape) != 4 or source.axis not in (-1, 3)
-                or inputs.dtype != tf.float32 or source.epsilon < 1.001e-5):  # the fused op's minimum epsilon
-            return source(inputs, training=False, mask=mask)
-        channels = inputs.shape[-1]
-        output, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            inputs, source.gamma if source.scale else tf.ones((channels,)),
-            source.beta if source.center else tf.zeros((channels,)), mean=source.moving_mean,
-            variance=source.moving_variance, epsilon=source.epsilon, is_training=False)
-        return output
+        output = None if mask is not None else cxr_model.fused_batch_norm(self.source, inputs, training=False)
+        return self.source(inputs, training=False, mask=mask) if output is None else output
 
 
 def _fused_batch_norm_view(model: keras.Model) -> keras.Model | None:

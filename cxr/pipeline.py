@@ -3,6 +3,7 @@ training-set statistics for validation and test."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import keras
@@ -10,6 +11,15 @@ import numpy as np
 import tensorflow as tf
 
 EPSILON = 1e-7
+# Fixed parallelism instead of tf.data's autotuning: the images are already decoded in memory, and
+# preparing a batch takes milliseconds against seconds for the model's step, so autotuning has nothing
+# to win. It does cost: a `fit` or `predict` call through an autotuned pipeline often ends only when
+# the autotuner's background thread wakes up, and it sleeps in doubling intervals (a 3-s predict call
+# took 3.1 s or 5.2 s at random; bench/RESULTS.md).
+PARALLEL_CALLS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+PREFETCH_BATCHES = 2
+FIXED_OPTIONS = tf.data.Options()
+FIXED_OPTIONS.autotune.enabled = False
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,7 @@ def make_dataset(
             batch = augment(batch, training=True)
         return _standardise_batch(batch, standardisation), batch_labels
 
-    return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return dataset.map(prepare, num_parallel_calls=PARALLEL_CALLS).prefetch(PREFETCH_BATCHES).with_options(FIXED_OPTIONS)
 
 
 def standardise(images: np.ndarray, statistics: Standardisation) -> np.ndarray:

@@ -15,15 +15,15 @@ from cxr.pipeline import PER_IMAGE
 SIZE = 16
 
 
-def tiny_model(classes: int = 3) -> keras.Model:
+def tiny_model(classes: int = 3, precision: str = "float32") -> keras.Model:
     """A small functional CNN with batch normalisation, like DenseNet's building blocks."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
-    x = keras.layers.BatchNormalization(epsilon=1.001e-5)(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(classes, activation="sigmoid")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, dtype=precision, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(epsilon=1.001e-5, dtype=precision)(x)
+    x = keras.layers.ReLU(dtype=precision)(x)
+    x = keras.layers.GlobalAveragePooling2D(dtype=precision)(x)
+    outputs = keras.layers.Dense(classes, activation="sigmoid", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name="tiny")
     # Non-trivial batch-norm statistics, so that a wrong fused or frozen computation shows.
     bn = model.layers[2]
@@ -76,20 +76,34 @@ def test_inference_variants_match_plain_predict():
         assert np.max(np.abs(probabilities - expected)) <= run.TOLERANCE, name
 
 
-def test_training_rows_and_report(tmp_path):
+def test_training_rows_and_report(tmp_path, monkeypatch):
     images = pixels(8, seed=1)
     paths = []
     for index, image in enumerate(images):
         paths.append(tmp_path / f"{index}.png")
         Image.fromarray(image).save(paths[-1])
     labels = (np.random.default_rng(1).random((8, 3)) < 0.5).astype(np.float32)
-    model = run.compiled_for_training(tiny_model(), labels)
-    rows = run.benchmark_training(model, images, labels, paths, batch_size=4, steps=1, repeats=3,
+    networks = {"plain": run.compiled_for_training(tiny_model(), labels),
+                "fused float32": run.compiled_for_training(tiny_model(), labels),
+                "project": run.compiled_for_training(tiny_model(precision="mixed_bfloat16"), labels)}
+    assert networks["project"].get_layer("conv").compute_dtype == "bfloat16"
+    monkeypatch.setattr(run, "TRAINING_PRECISION", "mixed_bfloat16")
+    rows = run.benchmark_training(networks, images, labels, paths, batch_size=4, steps=1, repeats=3,
                                   pipeline_batches=2, log=lambda message: None)
-    assert [row["path"] for row in rows] == ["plain fit on a PIL generator (baseline)", "project: make_dataset + fit",
-                                            "PIL generator alone", "project: make_dataset alone"]
+    assert [row["path"] for row in rows] == [
+        "plain fit on a PIL generator (baseline)", "make_dataset + plain Keras model, float32",
+        "make_dataset + fused batch norm, float32",
+        "project: make_dataset + fit (mixed_bfloat16, fused batch norm, as train.py here)",
+        "PIL generator alone", "project: make_dataset alone"]
     for row in rows:
         assert positive_finite(row["ratio"]) and positive_finite(row["images/s"])
+    monkeypatch.setattr(run, "TRAINING_PRECISION", "float32")
+    float32_rows = run.benchmark_training(networks, images, labels, paths, batch_size=4, steps=1, repeats=1,
+                                          pipeline_batches=1, log=lambda message: None)
+    assert [row["path"] for row in float32_rows][:3] == [
+        "plain fit on a PIL generator (baseline)", "make_dataset + plain Keras model, float32",
+        "project: make_dataset + fit (float32, fused batch norm, as train.py here)"]
+    monkeypatch.setattr(run, "TRAINING_PRECISION", "mixed_bfloat16")
 
     inference = run.benchmark_inference(tiny_model(), pixels(), (120.0, 50.0), repeats=3, explore=False,
                                         peak_gflops=100.0, log=lambda message: None)
@@ -102,7 +116,8 @@ def test_training_rows_and_report(tmp_path):
     assert "| ratio |" in header and "| max abs diff |" in header
     assert all(line.count("|") == header.count("|") for line in text.splitlines() if line.startswith("| 16 "))
     assert "training: project fit" in text and "input pipeline alone" in text
-    assert run.training_findings(rows)[0].startswith("training: the model consumes")
+    findings = run.training_findings(rows)
+    assert findings[0].startswith("training: the model consumes") and "bfloat16" in findings[1]
     assert results["machine"]["cores"] >= 1 and results["machine"]["tensorflow"] in text
 
 
@@ -115,3 +130,12 @@ def test_findings_name_the_fastest_accepted_candidate_and_the_rejected_ones():
     assert lines[0].startswith("128 px: fastest within 0.001 of plain predict: tf.function, batch 32 (1.70x)")
     assert "the project path: 1.60x" in lines[0]
     assert any(line.startswith("128 px: fast but wrong rejected") for line in lines)
+
+
+def test_findings_count_the_baseline_repeats_that_waited_on_the_autotuner():
+    baseline = {"size": 224, "path": "plain model.predict (baseline)", "ratio": 1.0, "max abs diff": 0.0,
+                "seconds": [3.1, 5.2, 3.0, 3.2]}
+    project = {"size": 224, "path": "project: x", "ratio": 1.3, "max abs diff": 1e-7, "seconds": [2.5] * 4}
+    lines = run.inference_findings([baseline, project])
+    assert lines[0].startswith("224 px: plain predict took over 1.5x its fastest time in 1 of 4 repeats")
+    assert run.inference_findings([dict(baseline, seconds=[3.1, 3.2, 3.0]), project]) == []

@@ -11,9 +11,17 @@ import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from cxr import config
-from cxr.model import LAST_CONV_LAYER, build_densenet121, load_pretrained_weights
+from cxr.model import (
+    LAST_CONV_LAYER,
+    FusedBatchNormalization,
+    build_densenet121,
+    load_pretrained_weights,
+    native_bfloat16,
+    resolve_precision,
+)
 
 SIZE = 32
 
@@ -164,6 +172,103 @@ def test_relu_layer_is_the_last_convolutional_activation(model14):
 def test_four_class_variant_has_four_outputs(model4):
     assert model4.output_shape == (None, 4)
     assert model4.get_layer("relu").output.shape[-1] == 1024
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_a_float32_head(tmp_path, model14):
+    policy_before = keras.config.dtype_policy().name
+    mixed = build_densenet121(len(config.LABELS), SIZE, precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == policy_before, "the global policy must be restored"
+    assert mixed.get_layer("conv1_conv").compute_dtype == "bfloat16"
+    assert mixed.get_layer("predictions").compute_dtype == "float32"
+    assert {variable.dtype for variable in mixed.weights} == {"float32"}
+    assert build_densenet121(3, SIZE).get_layer("conv1_conv").compute_dtype == "float32"
+    # Its weights are an ordinary float32 file for the float32 model used at inference.
+    _perturb(mixed, seed=3)
+    mixed.save_weights(tmp_path / "mixed.weights.h5")
+    float32 = build_densenet121(len(config.LABELS), SIZE)
+    load_pretrained_weights(float32, tmp_path / "mixed.weights.h5")
+    _assert_all_equal(_weights(float32), _weights(mixed))
+
+
+def test_precision_auto_is_bfloat16_exactly_where_the_hardware_computes_it_natively():
+    assert resolve_precision("auto") == ("mixed_bfloat16" if native_bfloat16() else "float32")
+    assert resolve_precision("float32") == "float32"
+    with pytest.raises(ValueError, match="precision must be one of.*'float16'"):
+        resolve_precision("float16")
+
+
+# --- FusedBatchNormalization ------------------------------------------------------------------------
+
+
+def _batch_norm_pair(epsilon: float = 1.001e-5, dtype: str = "float32"):
+    """A Keras BatchNormalization and a FusedBatchNormalization with the same non-trivial weights."""
+    plain = keras.layers.BatchNormalization(epsilon=epsilon, momentum=0.9, dtype=dtype)
+    fused = FusedBatchNormalization(epsilon=epsilon, momentum=0.9, dtype=dtype)
+    rng = np.random.default_rng(0)
+    for layer in (plain, fused):
+        layer.build((None, 6, 6, 5))
+    weights = [rng.normal(1, 0.3, 5), rng.normal(0, 0.3, 5), rng.normal(0, 0.5, 5), rng.uniform(0.5, 2, 5)]
+    plain.set_weights([w.astype("float32") for w in weights])
+    fused.set_weights([w.astype("float32") for w in weights])
+    return plain, fused
+
+
+def _call_with_gradients(layer, inputs, training):
+    """Output, gradients of a fixed weighting of the output w.r.t. input, gamma and beta, and moving stats."""
+    inputs = tf.constant(inputs)
+    weighting = tf.constant(np.random.default_rng(1).normal(size=inputs.shape), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        output = layer(inputs, training=training)
+        objective = tf.reduce_sum(tf.cast(output, tf.float32) * weighting)
+    gradients = tape.gradient(objective, [inputs, layer.gamma, layer.beta])
+    return [np.asarray(tf.cast(t, tf.float32)) for t in [output, *gradients, layer.moving_mean, layer.moving_variance]]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_matches_keras_in_output_gradients_and_moving_statistics(training):
+    plain, fused = _batch_norm_pair()
+    inputs = np.random.default_rng(2).normal(0.5, 2.0, size=(8, 6, 6, 5)).astype("float32")
+    for _ in range(2):  # the second call starts from the moving statistics the first one updated
+        expected, actual = _call_with_gradients(plain, inputs, training), _call_with_gradients(fused, inputs, training)
+        for name, want, got in zip(["output", "d input", "d gamma", "d beta", "moving mean", "moving variance"],
+                                   expected, actual):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=name)
+    moved = not np.allclose(fused.moving_mean.numpy(), _batch_norm_pair()[1].moving_mean.numpy())
+    assert moved == training, "moving statistics change in training only"
+
+
+def test_fused_batch_norm_takes_bfloat16_like_keras_mixed_precision():
+    plain, fused = _batch_norm_pair(dtype="mixed_bfloat16")
+    inputs = np.random.default_rng(3).normal(0.5, 2.0, size=(8, 6, 6, 5)).astype("float32")
+    expected, actual = _call_with_gradients(plain, inputs, True), _call_with_gradients(fused, inputs, True)
+    assert fused(tf.constant(inputs), training=True).dtype == tf.bfloat16
+    for want, got in zip(expected, actual):
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_fused_batch_norm_falls_back_to_keras_where_the_fused_op_does_not_apply():
+    plain, fused = _batch_norm_pair(epsilon=1e-6)  # below the fused op's minimum epsilon
+    inputs = np.random.default_rng(4).normal(size=(8, 6, 6, 5)).astype("float32")
+    np.testing.assert_array_equal(fused(inputs, training=True), plain(inputs, training=True))
+    flat_plain, flat_fused = keras.layers.BatchNormalization(), FusedBatchNormalization()  # 2-D input
+    flat = inputs.reshape(-1, 5)
+    np.testing.assert_array_equal(flat_fused(flat, training=True), flat_plain(flat, training=True))
+
+
+def test_densenet_uses_fused_batch_norm_and_reads_weights_saved_from_plain_keras_layers(tmp_path, inputs):
+    network = build_densenet121(len(config.LABELS), SIZE)
+    kinds = {type(layer) for layer in network.layers}
+    assert FusedBatchNormalization in kinds and keras.layers.BatchNormalization not in kinds
+    assert sum(type(layer) is FusedBatchNormalization for layer in network.layers) == 121
+    # The shipped weights were saved from plain Keras layers of the same names.
+    plain = build_densenet121(len(config.LABELS), SIZE, fuse_batch_norm=False)
+    assert keras.layers.BatchNormalization in {type(layer) for layer in plain.layers}
+    _perturb(plain, seed=4)
+    plain.save_weights(tmp_path / "plain.weights.h5")
+    load_pretrained_weights(network, tmp_path / "plain.weights.h5")
+    _assert_all_equal(_weights(network), _weights(plain))
+    np.testing.assert_allclose(_predict(network, inputs), _predict(plain, inputs), atol=1e-5)
 
 
 def test_input_size_is_configurable():

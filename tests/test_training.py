@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import pytest
 import tensorflow as tf
 
 from cxr import config, training
-from cxr.model import build_densenet121, load_pretrained_weights
+from cxr.model import build_densenet121, load_pretrained_weights, resolve_precision
 from cxr.training import ResumableCheckpoint, TrainConfig, make_optimizer, make_strategy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -136,6 +137,7 @@ def test_same_command_resumes_and_completes_every_epoch_once(killed_and_resumed)
     assert summary["median_images_per_second"] > 0
     assert (log["images_per_second"] > 0).all()
     assert summary["image_size"] == 32 and summary["train_images"] == 24
+    assert summary["precision"] == resolve_precision("auto")
     assert _loadable(output / training.BEST_WEIGHTS)
     assert not list(output.glob("*.partial")) and not list(output.glob("partial-*"))
     assert sorted(p.name for p in output.glob("last-epoch*")) == [state["weights_file"]]
@@ -306,8 +308,22 @@ def test_unknown_strategy_is_rejected_by_name():
 
 @pytest.mark.parametrize(
     "setting, value",
-    [("labels", "15"), ("optimizer", "rmsprop"), ("monitor", "val_accuracy"), ("validation_standardisation", "batch")],
+    [("labels", "15"), ("optimizer", "rmsprop"), ("monitor", "val_accuracy"), ("validation_standardisation", "batch"),
+     ("precision", "float16")],
 )
 def test_config_rejects_unknown_choices_naming_the_setting(setting, value):
     with pytest.raises(ValueError, match=setting):
         TrainConfig(**{setting: value})
+
+
+def test_location_and_epoch_changes_are_resumable_other_changes_are_named_with_the_saved_value():
+    saved = dataclasses.asdict(TrainConfig(image_size=128))
+    assert training.changed_settings(TrainConfig(image_size=128, epochs=3, output_dir="elsewhere", verbose=2), saved) == {}
+    assert training.changed_settings(TrainConfig(image_size=224), saved) == {"image_size": 128}
+
+
+def test_a_run_saved_before_the_precision_setting_existed_counts_as_float32():
+    saved = dataclasses.asdict(TrainConfig())
+    del saved["precision"]
+    assert training.changed_settings(TrainConfig(precision="float32"), saved) == {}
+    assert training.changed_settings(TrainConfig(precision="mixed_bfloat16"), saved) == {"precision": "float32"}
