@@ -201,20 +201,10 @@ def function_forward(network: keras.Model, jit_compile: bool, statistics) -> Cal
     @tf.function(jit_compile=jit_compile,
                  input_signature=None if jit_compile else [tf.TensorSpec((None, *network.input_shape[1:3]), tf.uint8)])
     def forward(batch):
-        standardised = standardise_tensor(tf.cast(batch, tf.float32), statistics)
+        standardised = pipeline._standardise_batch(tf.cast(batch, tf.float32)[..., tf.newaxis], statistics)
         return tf.cast(network(standardised, training=False), tf.float32)
 
     return forward
-
-
-def standardise_tensor(batch: tf.Tensor, statistics) -> tf.Tensor:
-    """(B, H, W) float32 -> (B, H, W, 3), with the training (mean, std) or image by image (PER_IMAGE)."""
-    if isinstance(statistics, str):
-        mean = tf.reduce_mean(batch, axis=(1, 2), keepdims=True)
-        std = tf.math.reduce_std(batch, axis=(1, 2), keepdims=True)
-    else:
-        mean, std = statistics
-    return tf.repeat(((batch - mean) / (std + pipeline.EPSILON))[..., tf.newaxis], 3, axis=-1)
 
 
 def function_predict(forward: Callable, pixels: np.ndarray, batch_size: int, pad: bool) -> np.ndarray:
@@ -245,8 +235,8 @@ def weight_copy(network: keras.Model, dtype_policy: str | None = None) -> keras.
 
 
 def fused_copy(network: keras.Model) -> keras.Model:
-    """The same model (its own layers, shared) with every BatchNormalization seen through the fused op."""
-    return evaluation._fused_batch_norm_view(network)
+    """A copy of the plain model with its batch norms fused, as build_densenet121 builds it."""
+    return cxr_model.fuse_batch_norms(network)
 
 
 def frozen_forward(network: keras.Model, statistics) -> Callable:

@@ -22,7 +22,6 @@ import tensorflow as tf
 from sklearn import metrics
 
 from cxr import config, pipeline
-from cxr import model as cxr_model
 from cxr.pipeline import PER_IMAGE, Standardisation
 
 # Columns of the Google 2019 expert label file that the comparison reads.
@@ -130,8 +129,8 @@ def predict_probabilities(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     # One compiled graph per model does the validation pipeline's standardisation and the forward
-    # pass, its batch norms as fused ops; called batch by batch it beats model.predict on the CPU
-    # with the same probabilities (bench/run.py; figures in bench/RESULTS.md).
+    # pass; called batch by batch it beats model.predict on the CPU with the same probabilities
+    # (bench/run.py; figures in bench/RESULTS.md).
     forward = _forward_pass(model, per_image=isinstance(statistics, str), dtype=tf.as_dtype(images.dtype))
     mean, std = (0.0, 1.0) if isinstance(statistics, str) else statistics
     mean, std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
@@ -164,48 +163,14 @@ def _forward_pass(model: keras.Model, per_image: bool, dtype: tf.DType = tf.uint
         signature = [tf.TensorSpec((None, height, width), dtype), tf.TensorSpec((), tf.float32),
                      tf.TensorSpec((), tf.float32)]
 
-        # Holds the model's layers (shared), not the model itself.
-        view = _fused_batch_norm_view(model)
-
         @tf.function(input_signature=signature)
         def forward(batch, mean, std):
             pixels = tf.cast(batch, tf.float32)[..., tf.newaxis]
             standardised = pipeline._standardise_batch(pixels, PER_IMAGE if per_image else (mean, std))
-            return tf.cast((view if view is not None else network())(standardised, training=False), tf.float32)
+            return tf.cast(network()(standardised, training=False), tf.float32)
 
         passes[key] = forward
     return passes[key]
-
-
-class _FusedBatchNormalization(keras.layers.Layer):
-    """Inference view of a plain Keras BatchNormalization layer as TensorFlow's fused op, on its variables.
-
-    For models not built by ``build_densenet121`` (whose batch norms are fused already). It reads the
-    source layer's variables, so it never goes stale; input the fused op does not take goes through
-    the source layer itself.
-    """
-
-    def __init__(self, source: keras.layers.BatchNormalization, **kwargs):
-        super().__init__(name=f"{source.name}_fused", **kwargs)
-        self.source = source
-
-    def call(self, inputs, mask=None):
-        output = None if mask is not None else cxr_model.fused_batch_norm(self.source, inputs, training=False)
-        return self.source(inputs, training=False, mask=mask) if output is None else output
-
-
-def _fused_batch_norm_view(model: keras.Model) -> keras.Model | None:
-    """The model with the same (shared) layers, its BatchNormalization layers seen through the fused op.
-
-    None when there is no batch normalisation or the model cannot be cloned (a subclassed model).
-    """
-    if not any(type(layer) is keras.layers.BatchNormalization for layer in model.layers):
-        return None
-    try:
-        return keras.models.clone_model(model, clone_function=lambda layer: _FusedBatchNormalization(layer)
-                                        if type(layer) is keras.layers.BatchNormalization else layer)
-    except Exception:  # noqa: BLE001 - any model Keras cannot clone is run as it is
-        return None
 
 
 # --- AUROC ---------------------------------------------------------------------------------------

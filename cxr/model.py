@@ -45,21 +45,12 @@ def build_densenet121(
         base = keras.applications.DenseNet121(
             include_top=False,
             weights=None if weights is None else str(weights),
-            input_shape=(image_size, image_size, 3),
+            input_tensor=keras.Input((image_size, image_size, 3), name="image"),
         )
         features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
         outputs = keras.layers.Dense(num_classes, activation="sigmoid", name="predictions", dtype="float32")(features)
-        network = keras.Model(base.input, outputs, name="densenet121_cxr")
-        if not fuse_batch_norm:
-            return network
-        # The same graph with every batch norm fused; fresh layers, so that each layer's output
-        # (GradCAM's "relu") belongs to this model's graph.
-        fused = keras.models.clone_model(
-            network, input_tensors=keras.Input(network.input_shape[1:], name="image"),
-            clone_function=_fused_batch_norm_layer,
-        )
-        fused.set_weights(network.get_weights())
-        return fused
+        network = keras.Model(base.inputs[0], outputs, name="densenet121_cxr")
+        return fuse_batch_norms(network) if fuse_batch_norm else network
     finally:
         keras.config.set_dtype_policy(previous)
 
@@ -81,8 +72,9 @@ def fused_batch_norm(layer: keras.layers.BatchNormalization, inputs, training: b
             or layer.epsilon < FUSED_MINIMUM_EPSILON or getattr(layer, "synchronized", False)):
         return None
     channels = inputs.shape[-1]
-    scale = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones((channels,))
-    offset = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros((channels,))
+    # Keras keeps these variables in float32 under any dtype policy, as the fused op wants them.
+    scale = layer.gamma if layer.scale else tf.ones((channels,))
+    offset = layer.beta if layer.center else tf.zeros((channels,))
     if not training:
         output, _, _ = tf.compat.v1.nn.fused_batch_norm(
             inputs, scale, offset, mean=layer.moving_mean, variance=layer.moving_variance,
@@ -121,10 +113,23 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 FusedBatchNormalization.__name__ = "BatchNormalization"
 
 
-def _fused_batch_norm_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """For clone_model: a FusedBatchNormalization for each BatchNormalization, a plain copy of other layers."""
-    kind = FusedBatchNormalization if type(layer) is keras.layers.BatchNormalization else layer.__class__
-    return kind.from_config(layer.get_config())
+def fuse_batch_norms(network: keras.Model) -> keras.Model:
+    """A copy of a single-input functional ``network``, same weights and layer names, with each of its Keras
+    BatchNormalization layers computed by a FusedBatchNormalization.
+
+    The copy has layers of its own, so that each layer's output (GradCAM's "relu") belongs to its
+    graph; its input keeps the original's name.
+    """
+
+    def copy(layer: keras.layers.Layer) -> keras.layers.Layer:
+        kind = FusedBatchNormalization if type(layer) is keras.layers.BatchNormalization else layer.__class__
+        return kind.from_config(layer.get_config())
+
+    input_layer = next(layer for layer in network.layers if isinstance(layer, keras.layers.InputLayer))
+    inputs = keras.Input(network.inputs[0].shape[1:], name=input_layer.name)
+    fused = keras.models.clone_model(network, input_tensors=inputs, clone_function=copy)
+    fused.set_weights(network.get_weights())
+    return fused
 
 
 def native_bfloat16() -> bool:
