@@ -1,12 +1,13 @@
 # make notebook   set up .venv and execute the notebook on the real data (writes it and its figures)
 # make test       set up .venv and run every test, the notebook's outputs included (nbval)
+# make bench      add the benchmark's extra candidates to .venv and write bench/RESULTS.md (about 25 min)
 #                 (installs Debian's chromium for the browser tests of the web app if it is missing)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: notebook test student clean browser
+.PHONY: notebook test bench student clean browser
 
 $(BIN)/activate: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,11 @@ browser:
 
 test: $(BIN)/activate browser
 	$(BIN)/python -m pytest
+
+# Nothing else may use the CPU meanwhile: the figures are ratios, but a busy machine still skews them.
+bench: $(BIN)/activate
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/run.py
 
 # The learner's copy: solutions replaced by stubs, outputs cleared (student/chest_x_ray_diagnosis.ipynb).
 student: $(BIN)/activate

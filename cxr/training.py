@@ -2,8 +2,8 @@
 
 A run lives in one output directory. After every epoch it atomically writes the full training
 state (weights, optimizer, callback counters); the same command started again after a crash or
-a kill resumes from the last completed epoch. The best weights by the monitored validation
-metric are written atomically as well, so a kill can never leave them half-written.
+a kill resumes from the last completed epoch. ``best.weights.h5``, the best weights by the
+monitored validation metric, only ever holds an epoch that ``state.json`` has committed.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,24 @@ def atomic_save_weights(network: keras.Model, path: Path) -> None:
     os.replace(partial, path)
 
 
+def atomic_publish(source: Path, path: Path) -> None:
+    """Make ``path`` hold the bytes of ``source`` in one rename: a hard link, or a copy where links fail."""
+    partial = path.with_name("partial-" + path.name)
+    partial.unlink(missing_ok=True)
+    try:
+        os.link(source, partial)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, partial)
+    os.replace(partial, path)
+
+
+def publish_best_weights(directory: Path, state: dict) -> None:
+    """Point ``best.weights.h5`` at the best epoch's weights that ``state`` committed (if it names them)."""
+    committed = state.get("best_weights_file")
+    if committed and (directory / committed).is_file():
+        atomic_publish(directory / committed, directory / BEST_WEIGHTS)
+
+
 class Throughput(keras.callbacks.Callback):
     """Adds ``images_per_second`` (training part of the epoch) and ``epoch_seconds`` to the logs."""
 
@@ -150,10 +169,12 @@ class Throughput(keras.callbacks.Callback):
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):
-    """Saves the best weights and the complete training state after each epoch, atomically.
+    """Saves the weights and the complete training state after each epoch, atomically.
 
-    ``state.json`` is written last and names the weight file it belongs to, so it is the commit
-    point: a run killed at any moment resumes from the last state it can fully trust.
+    Each epoch's weights go to a file of their own, then ``state.json``, which names the last
+    epoch's file and the best epoch's, is written: it is the commit point, so a run killed at
+    any moment resumes from the last state it can fully trust. Only then does ``best.weights.h5``
+    move to the committed best epoch, and files no longer named are removed.
     """
 
     def __init__(self, directory: Path, monitor: str, tracked: dict[str, keras.callbacks.Callback], state: dict):
@@ -172,13 +193,13 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         value = float(logs[self.monitor])
-        best = self.state.get("best")
-        if best is None or (value > best if self.higher_is_better else value < best):
-            atomic_save_weights(self.model, self.directory / BEST_WEIGHTS)
-            self.state.update(best=value, best_epoch=epoch + 1)
-        weights_file = f"last-epoch{epoch + 1:03d}.weights.h5"
+        weights_file = f"epoch{epoch + 1:03d}.weights.h5"
         atomic_save_weights(self.model, self.directory / weights_file)
-        previous = self.state.get("weights_file")
+        previous = {self.state.get("weights_file"), self.state.get("best_weights_file")}
+        best = self.state.get("best")
+        improved = best is None or (value > best if self.higher_is_better else value < best)
+        if improved:
+            self.state.update(best=value, best_epoch=epoch + 1, best_weights_file=weights_file)
         self.state.update(
             epoch=epoch + 1,
             weights_file=weights_file,
@@ -189,8 +210,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             },
         )
         atomic_write_text(self.directory / STATE_FILE, json.dumps(self.state, indent=2))
-        if previous and previous != weights_file:
-            (self.directory / previous).unlink(missing_ok=True)
+        if improved:
+            publish_best_weights(self.directory, self.state)
+        for name in previous - {None, weights_file, self.state.get("best_weights_file")}:
+            (self.directory / name).unlink(missing_ok=True)
 
 
 def _plain(value):
@@ -216,12 +239,12 @@ def load_split_arrays(cfg: TrainConfig, split: str) -> tuple[np.ndarray, np.ndar
 def changed_settings(cfg: TrainConfig, saved: dict) -> dict:
     """The settings, with the values the saved run used, in which ``cfg`` differs from a saved ``config.json``
     in ways a resumed run cannot follow."""
-    earlier = {name: saved.get(name, EARLIER_DEFAULTS.get(name)) for name in dataclasses.asdict(cfg)}
-    return {
-        name: earlier[name]
-        for name, value in dataclasses.asdict(cfg).items()
-        if earlier[name] != value and name not in RESUMABLE_CHANGES
-    }
+    changed = {}
+    for name, value in dataclasses.asdict(cfg).items():
+        earlier = saved.get(name, EARLIER_DEFAULTS.get(name))
+        if earlier != value and name not in RESUMABLE_CHANGES:
+            changed[name] = earlier
+    return changed
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -279,6 +302,7 @@ def train(cfg: TrainConfig) -> dict:
             metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(cfg.label_names), name="auc")],
         )
         if state:
+            publish_best_weights(output, state)  # in case a kill came between the commit and the publish
             network.optimizer.build(network.trainable_variables)
             network.load_weights(output / state["weights_file"])
             network.optimizer.learning_rate.assign(state["learning_rate"])

@@ -292,24 +292,24 @@ def test_figures_are_returned_even_with_a_class_lacking_positives(plot, no_warni
         plt.close(figure)
 
 
-def test_roc_legend_gives_each_auroc():
-    y_true, y_score, _ = random_case(0)
-    figure = evaluation.plot_roc_curves(y_true, y_score, LABELS3)
+def legend_texts(figure: plt.Figure) -> list[str]:
+    """The legend entries of the figure's first axes; the figure is closed."""
     try:
-        texts = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
-        assert f"A (AUROC {roc_auc_score(y_true[:, 0], y_score[:, 0]):.2f})" in texts
+        return [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     finally:
         plt.close(figure)
+
+
+def test_roc_legend_gives_each_auroc():
+    y_true, y_score, _ = random_case(0)
+    texts = legend_texts(evaluation.plot_roc_curves(y_true, y_score, LABELS3))
+    assert f"A (AUROC {roc_auc_score(y_true[:, 0], y_score[:, 0]):.2f})" in texts
 
 
 def test_precision_recall_figure_mentions_prevalence():
     y_true, y_score, _ = random_case(0)
-    figure = evaluation.plot_precision_recall_curves(y_true, y_score, LABELS3)
-    try:
-        texts = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
-        assert all("AP " in text and "prevalence" in text for text in texts)
-    finally:
-        plt.close(figure)
+    texts = legend_texts(evaluation.plot_precision_recall_curves(y_true, y_score, LABELS3))
+    assert len(texts) == 3 and all("AP " in text and "prevalence" in text for text in texts)
 
 
 def test_confusion_grid_has_one_matrix_per_class():

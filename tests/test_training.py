@@ -103,7 +103,8 @@ def killed_and_resumed(tmp_path_factory) -> dict:
     # Snapshot what the kill left behind before the resumed run overwrites it.
     snapshot = output.parent / "at-kill"
     snapshot.mkdir()
-    for name in (training.STATE_FILE, training.BEST_WEIGHTS):
+    state = _read_state(output)
+    for name in (training.STATE_FILE, training.BEST_WEIGHTS, state["best_weights_file"]):
         shutil.copy(output / name, snapshot / name)
     resumed = _run(_train_command(output))
     return {
@@ -118,9 +119,13 @@ def test_sigkill_leaves_committed_state_and_loadable_best_weights(killed_and_res
     assert killed_and_resumed["kill_returncode"] == -signal.SIGKILL
     state = json.loads((killed_and_resumed["snapshot"] / training.STATE_FILE).read_text())
     assert 1 <= state["epoch"] < EPOCHS, "the run should have been killed part-way"
-    assert state["weights_file"] == f"last-epoch{state['epoch']:03d}.weights.h5"
+    assert state["weights_file"] == f"epoch{state['epoch']:03d}.weights.h5"
     assert 1 <= state["best_epoch"] <= state["epoch"]
-    assert _loadable(killed_and_resumed["snapshot"] / training.BEST_WEIGHTS)
+    assert state["best_weights_file"] == f"epoch{state['best_epoch']:03d}.weights.h5"
+    snapshot = killed_and_resumed["snapshot"]
+    assert _loadable(snapshot / training.BEST_WEIGHTS)
+    # best.weights.h5 holds the epoch state.json committed as the best, not a later uncommitted one.
+    assert (snapshot / training.BEST_WEIGHTS).read_bytes() == (snapshot / state["best_weights_file"]).read_bytes()
 
 
 def test_same_command_resumes_and_completes_every_epoch_once(killed_and_resumed):
@@ -140,7 +145,9 @@ def test_same_command_resumes_and_completes_every_epoch_once(killed_and_resumed)
     assert summary["precision"] == resolve_precision("auto")
     assert _loadable(output / training.BEST_WEIGHTS)
     assert not list(output.glob("*.partial")) and not list(output.glob("partial-*"))
-    assert sorted(p.name for p in output.glob("last-epoch*")) == [state["weights_file"]]
+    assert sorted(p.name for p in output.glob("epoch*.weights.h5")) == sorted(
+        {state["weights_file"], state["best_weights_file"]})
+    assert (output / training.BEST_WEIGHTS).read_bytes() == (output / state["best_weights_file"]).read_bytes()
 
 
 def test_rerunning_a_finished_run_returns_immediately(killed_and_resumed):
@@ -224,11 +231,11 @@ def test_checkpoint_commits_state_atomically_and_keeps_one_last_epoch_file(tmp_p
     for epoch, (saved, names) in enumerate(snapshot.listings, start=1):
         assert saved["epoch"] == epoch
         assert saved["weights_file"] in names
-        assert [n for n in names if n.startswith("last-epoch")] == [saved["weights_file"]]
+        assert [n for n in names if n.startswith("epoch")] == sorted({saved["weights_file"], saved["best_weights_file"]})
         assert not [n for n in names if n.endswith(".partial") or n.startswith("partial-")]
         assert training.BEST_WEIGHTS in names
     final = json.loads((tmp_path / training.STATE_FILE).read_text())
-    assert final["epoch"] == 3 and final["weights_file"] == "last-epoch003.weights.h5"
+    assert final["epoch"] == 3 and final["weights_file"] == "epoch003.weights.h5"
     assert set(final["callbacks"]) == {"reduce_lr", "early_stopping"}
     assert set(final["callbacks"]["reduce_lr"]) == {"wait", "cooldown_counter", "best"}
     assert final["learning_rate"] == pytest.approx(1e-3)
@@ -237,6 +244,80 @@ def test_checkpoint_commits_state_atomically_and_keeps_one_last_epoch_file(tmp_p
     restored.load_weights(tmp_path / final["weights_file"])
     for got, want in zip(restored.get_weights(), network.get_weights()):
         np.testing.assert_array_equal(got, want)
+
+
+def _checkpoint_after(directory: Path, monitored: list[float], state: dict | None = None):
+    """A ResumableCheckpoint on a tiny model after epochs whose val_auc were ``monitored``.
+
+    Before each epoch the model's weights are set to the epoch number, so that a file shows
+    which epoch it holds (``_epoch_in``).
+    """
+    network = _tiny_model()
+    state = {} if state is None else state
+    tracked = {"reduce_lr": keras.callbacks.ReduceLROnPlateau("val_auc"),
+               "early_stopping": keras.callbacks.EarlyStopping("val_auc")}  # fmt: skip
+    checkpoint = ResumableCheckpoint(directory, "val_auc", tracked, state)
+    for callback in (*tracked.values(), checkpoint):
+        callback.set_model(network)
+        callback.on_train_begin()
+    for value in monitored:
+        epoch = state.get("epoch", 0)
+        network.set_weights([np.full_like(w, epoch + 1) for w in network.get_weights()])
+        checkpoint.on_epoch_end(epoch, {"val_auc": value})
+    return checkpoint, state
+
+
+def _epoch_in(path: Path) -> int:
+    restored = _tiny_model()
+    restored.load_weights(path)
+    return int(restored.get_weights()[0].flat[0])
+
+
+def test_best_weights_follow_the_committed_best_epoch_and_stale_files_go(tmp_path):
+    _, state = _checkpoint_after(tmp_path, [0.6, 0.7, 0.65, 0.62])
+    assert (state["epoch"], state["best_epoch"], state["best"]) == (4, 2, pytest.approx(0.7))
+    assert sorted(p.name for p in tmp_path.glob("epoch*")) == ["epoch002.weights.h5", "epoch004.weights.h5"]
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 2
+    assert _epoch_in(tmp_path / state["weights_file"]) == 4
+    _checkpoint_after(tmp_path, [0.8], state)
+    assert sorted(p.name for p in tmp_path.glob("epoch*")) == ["epoch005.weights.h5"]
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 5
+
+
+def test_kill_before_the_commit_leaves_best_weights_at_the_committed_best(tmp_path, monkeypatch):
+    _, state = _checkpoint_after(tmp_path, [0.6])
+    committed = (tmp_path / training.STATE_FILE).read_text()
+
+    def killed(path, text):
+        raise KeyboardInterrupt("killed before state.json is committed")
+
+    monkeypatch.setattr(training, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _checkpoint_after(tmp_path, [0.9], dict(state))  # a better epoch 2, written but never committed
+    assert (tmp_path / training.STATE_FILE).read_text() == committed
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1
+
+
+def test_kill_between_the_commit_and_the_publish_is_repaired_on_resume(tmp_path, monkeypatch):
+    _, state = _checkpoint_after(tmp_path, [0.6])
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "publish_best_weights", lambda *args: None)  # killed right after the commit
+        _checkpoint_after(tmp_path, [0.9], state)
+    assert state["best_weights_file"] == "epoch002.weights.h5"
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1
+    training.publish_best_weights(tmp_path, json.loads((tmp_path / training.STATE_FILE).read_text()))
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 2
+
+
+def test_best_weights_are_copied_where_hard_links_fail(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(training.os, "link", no_links)
+    _, state = _checkpoint_after(tmp_path, [0.6, 0.7])
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 2
+    (tmp_path / state["best_weights_file"]).unlink()
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 2  # a copy, not a link
 
 
 def test_checkpoint_restores_callback_counters_on_resume(tmp_path):
