@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import keras
@@ -119,6 +120,12 @@ def test_training_rows_and_report(tmp_path, monkeypatch):
     findings = run.training_findings(rows)
     assert findings[0].startswith("training: the model consumes") and "bfloat16" in findings[1]
     assert results["machine"]["cores"] >= 1 and results["machine"]["tensorflow"] in text
+    # A run's saved measurements render the same report again (run.py --render).
+    saved = tmp_path / "RESULTS.json"
+    saved.write_text(json.dumps(results, default=float))
+    rendered = tmp_path / "RESULTS.md"
+    run.main(["--render", str(saved), "--output", str(rendered)])
+    assert rendered.read_text() == text
 
 
 def test_findings_name_the_fastest_accepted_candidate_and_the_rejected_ones():
