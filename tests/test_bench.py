@@ -144,5 +144,5 @@ def test_findings_count_the_baseline_repeats_that_waited_on_the_autotuner():
                 "seconds": [3.1, 5.2, 3.0, 3.2]}
     project = {"size": 224, "path": "project: x", "ratio": 1.3, "max abs diff": 1e-7, "seconds": [2.5] * 4}
     lines = run.inference_findings([baseline, project])
-    assert lines[0].startswith("224 px: plain predict took over 1.5x its fastest time in 1 of 4 repeats")
+    assert lines[0].startswith("224 px: plain predict took over 1.25x its fastest time in 1 of 4 repeats")
     assert run.inference_findings([dict(baseline, seconds=[3.1, 3.2, 3.0]), project]) == []
