@@ -309,6 +309,21 @@ def test_kill_between_the_commit_and_the_publish_is_repaired_on_resume(tmp_path,
     assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 2
 
 
+def test_a_run_saved_before_best_weights_were_named_in_the_state_resumes(tmp_path):
+    # Earlier runs wrote best.weights.h5 directly and named only the last epoch's file.
+    _checkpoint_after(tmp_path, [0.7])
+    os.replace(tmp_path / "epoch001.weights.h5", tmp_path / "last-epoch001.weights.h5")
+    legacy = {"epoch": 1, "weights_file": "last-epoch001.weights.h5", "best": 0.7, "best_epoch": 1}
+    training.publish_best_weights(tmp_path, legacy)  # what a resume does: nothing to publish here
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1
+    _, state = _checkpoint_after(tmp_path, [0.6], legacy)
+    assert sorted(p.name for p in tmp_path.glob("*epoch*")) == ["epoch002.weights.h5"]
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1 and "best_weights_file" not in state
+    _, state = _checkpoint_after(tmp_path, [0.8], state)
+    assert state["best_weights_file"] == "epoch003.weights.h5"
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 3
+
+
 def test_best_weights_are_copied_where_hard_links_fail(tmp_path, monkeypatch):
     def no_links(*args):
         raise OSError("hard links not supported")
