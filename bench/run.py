@@ -134,13 +134,18 @@ def matmul_peak_gflops(n: int = 4096, repeats: int = 5, dtype: tf.DType = tf.flo
     a = tf.constant(rng.standard_normal((n, n)), dtype)
     b = tf.constant(rng.standard_normal((n, n)), dtype)
     multiply = tf.function(lambda x, y: tf.reduce_sum(tf.cast(tf.matmul(x, y)[:1, :1], tf.float32)))
-    multiply(a, b).numpy()  # warm-up
+    return 2 * n**3 / best_seconds(lambda: multiply(a, b).numpy(), repeats) / 1e9
+
+
+def best_seconds(call: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls, after one untimed warm-up call."""
+    call()
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        multiply(a, b).numpy()
+        call()
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return best
 
 
 # DenseNet121's own convolutions at 224 px (NHWC input, HWIO kernel): the rate its arithmetic can run at.
@@ -158,13 +163,8 @@ def convolution_gflops(batch: int = 32, repeats: int = 5) -> dict[str, float]:
         x = tf.constant(rng.standard_normal((batch, *image)), tf.float32)
         w = tf.constant(rng.standard_normal(kernel), tf.float32)
         convolve = tf.function(lambda: tf.reduce_sum(tf.nn.conv2d(x, w, 1, "SAME")[:1, :1, :1]))
-        convolve().numpy()  # warm-up
-        best = math.inf
-        for _ in range(repeats):
-            start = time.perf_counter()
-            convolve().numpy()
-            best = min(best, time.perf_counter() - start)
-        rates[name] = 2 * batch * math.prod(image[:2]) * math.prod(kernel) / best / 1e9
+        seconds = best_seconds(lambda: convolve().numpy(), repeats)
+        rates[name] = 2 * batch * math.prod(image[:2]) * math.prod(kernel) / seconds / 1e9
     return rates
 
 
@@ -697,6 +697,8 @@ def report(results: dict) -> str:
     """RESULTS.md: the machine, the method and every table."""
     info = results["machine"]
     load = ", ".join(f"{value:.2f}" for value in info["load_average"])
+    convolutions = "; ".join(f"{name}: {rate:.0f} GFLOP/s ({100 * rate / results['peak_gflops']:.0f}% of the peak)"
+                             for name, rate in results.get("convolution_gflops", {}).items())
     parts = [
         "# Benchmarks",
         "",
@@ -716,10 +718,8 @@ def report(results: dict) -> str:
         f"- measured float32 matmul peak ({results['peak_n']}x{results['peak_n']} tf.matmul, best of 5 at the start "
         "and 5 at the end): "
         f"{results['peak_gflops']:.0f} GFLOP/s; bfloat16: {results['peak_bf16_gflops']:.0f} GFLOP/s",
-        f"- DenseNet121's own convolutions alone (float32 tf.nn.conv2d, batch {results.get('convolution_batch')}, "
-        "best of 5): "
-        + "; ".join(f"{name}: {rate:.0f} GFLOP/s ({100 * rate / results['peak_gflops']:.0f}% of the peak)"
-                    for name, rate in results.get("convolution_gflops", {}).items()),
+        *([f"- DenseNet121's own convolutions alone (float32 tf.nn.conv2d, batch {results['convolution_batch']}, "
+           f"best of 5): {convolutions}"] if convolutions else []),
         f"- mode: {'quick (smoke test, small inputs)' if results['quick'] else 'full'}; "
         f"total time {results['seconds'] / 60:.1f} min",
         "",
@@ -877,12 +877,17 @@ def training_findings(rows: list[dict]) -> list[str]:
     return lines
 
 
+def baseline_row(rows: list[dict], size: int) -> dict | None:
+    """The plain-predict baseline's inference row at ``size``, with its per-repeat seconds (None if absent)."""
+    return next((row for row in rows if row.get("size") == size and row.get("path", "").startswith("plain")
+                 and row.get("seconds")), None)
+
+
 def float32_ceiling(results: dict, size: int, gflops: float | None = None) -> float:
     """``gflops`` (default: the float32 matmul peak) over the plain-predict baseline's GFLOP/s in its fastest
     repeat at ``size``: the ratio a path doing all of DenseNet121's arithmetic at that rate would reach (NaN if
     unknown)."""
-    baseline = next((row for row in results["inference"] if row.get("size") == size
-                     and row.get("path", "").startswith("plain") and row.get("seconds")), None)
+    baseline = baseline_row(results["inference"], size)
     if baseline is None or not math.isfinite(baseline["GFLOP/s"]):
         return float("nan")
     fastest = baseline["images"] * densenet_gflop(size) / min(baseline["seconds"])
@@ -898,8 +903,7 @@ def goal_lines(results: dict) -> list[str]:
                 f"(goal >= {GOALS['inference']}x: {'met' if met else 'NOT met'}); max abs diff "
                 f"{row['max abs diff']:.1e} "
                 f"(<= {TOLERANCE}: {'yes' if row['max abs diff'] <= TOLERANCE else 'NO'})")
-        baseline = next((other for other in results["inference"] if other.get("size") == row["size"]
-                         and other.get("path", "").startswith("plain") and other.get("seconds")), None)
+        baseline = baseline_row(results["inference"], row["size"])
         if baseline and row.get("seconds"):
             line += (f"; fastest repeat against fastest repeat "
                      f"{min(baseline['seconds']) / min(row['seconds']):.2f}x")
