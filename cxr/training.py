@@ -71,7 +71,7 @@ class TrainConfig:
     # How validation images are standardised: "per-image" as in training, or "training-statistics"
     # (the course's way; measured worse on validation for a model trained from scratch, see models/README.md)
     validation_standardisation: str = pipeline.PER_IMAGE
-    # auto: mixed_bfloat16 where the hardware computes bfloat16 natively (1.2 to 1.6x faster per 224-px
+    # auto: mixed_bfloat16 where the hardware computes bfloat16 natively (about 1.6x faster per 224-px
     # step than float32 on this project's AVX512_BF16 CPU, bench/RESULTS.md), float32 elsewhere; the
     # weights are float32 either way
     precision: str = "auto"
@@ -267,6 +267,8 @@ def train(cfg: TrainConfig) -> dict:
         print(f"Run in {output} already finished at epoch {state['epoch']}.")
         return json.loads((output / "summary.json").read_text())
 
+    publish_best_weights(output, state)  # in case a kill came between a commit and its publish
+
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
 
@@ -302,7 +304,6 @@ def train(cfg: TrainConfig) -> dict:
             metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(cfg.label_names), name="auc")],
         )
         if state:
-            publish_best_weights(output, state)  # in case a kill came between the commit and the publish
             network.optimizer.build(network.trainable_variables)
             network.load_weights(output / state["weights_file"])
             network.optimizer.learning_rate.assign(state["learning_rate"])
