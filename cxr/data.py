@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from PIL import Image
+
 from cxr import config
 
 # Columns of the official NIH label file that the project reads.
 LABEL_FILE_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")
-# Pixel size of the files in each image folder of the data directory.
-FOLDER_RESOLUTION = {config.FULL_RESOLUTION_DIR: 512, config.LOW_RESOLUTION_DIR: 64}
+# Side of the files in images-64/: too small to score a model on, so they are used for training only.
+LOW_RESOLUTION = 64
 SPLITS = ("train", "valid", "test")
 
 
@@ -68,20 +70,21 @@ def build_metadata(data_dir: str | Path | None = None, labels: tuple[str, ...] =
 
     Returns:
         DataFrame with ``Image``, one 0/1 column per label, ``PatientId``, ``ViewPosition`` and
-        ``Resolution`` (pixel size of the file: 512 in ``images/``, 64 in ``images-64/``).
+        ``Resolution`` (the file's side in pixels, read from the file). An image present in both
+        ``images/`` and ``images-64/`` is listed once, from ``images/``.
     """
     root = config.data_dir(data_dir)
     label_file = root / config.LABEL_FILE
     table = read_label_file(label_file)
-    frames = []
-    for folder, resolution in FOLDER_RESOLUTION.items():
-        if not (root / folder).is_dir():
-            continue
-        present = table[table["Image Index"].isin({p.name for p in (root / folder).iterdir()})]
-        frames.append(present.assign(Resolution=resolution))
-    if not frames:
+    folders = [root / folder for folder in (config.FULL_RESOLUTION_DIR, config.LOW_RESOLUTION_DIR)]
+    if not any(folder.is_dir() for folder in folders):
         raise FileNotFoundError(f"{root}: neither images/ nor images-64/ exists; nothing to read.")
-    present = pd.concat(frames)
+    file_of_image = {}
+    for folder in reversed(folders):  # images/ last, so that it wins over images-64/
+        if folder.is_dir():
+            file_of_image.update({path.name: path for path in folder.iterdir()})
+    present = table[table["Image Index"].isin(file_of_image)].copy()
+    present["Resolution"] = [image_side(file_of_image[name]) for name in present["Image Index"]]
     # The CSV line number (header is line 1) names the row in error messages.
     present.index = present.index + 2
     findings = findings_to_columns(present["Finding Labels"], labels, source=str(label_file))
@@ -98,28 +101,56 @@ def build_metadata(data_dir: str | Path | None = None, labels: tuple[str, ...] =
     return metadata.sort_values("Image").reset_index(drop=True)
 
 
+def image_side(path: Path) -> int:
+    """The longer side of an image file in pixels, read from its header (the pixels are not decoded).
+
+    Raises:
+        ValueError: naming the file, if it is not a readable image.
+    """
+    try:
+        with Image.open(path) as image:
+            return max(image.size)
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"{path}: not a readable image ({error}); re-download it or delete it.") from error
+
+
+def is_low_resolution(frame: pd.DataFrame) -> pd.Series:
+    """True for the rows of a metadata/split table whose file lies in ``images-64/``."""
+    return frame["Resolution"] <= LOW_RESOLUTION
+
+
 def image_path(row: pd.Series, data_dir: Path) -> Path:
     """Where the file of a metadata/split row lives."""
-    folder = config.FULL_RESOLUTION_DIR if row["Resolution"] != 64 else config.LOW_RESOLUTION_DIR
+    folder = config.LOW_RESOLUTION_DIR if row["Resolution"] <= LOW_RESOLUTION else config.FULL_RESOLUTION_DIR
     return data_dir / folder / row["Image"]
 
 
 def iterative_stratification(
-    label_matrix: np.ndarray, fractions: tuple[float, ...], rng: np.random.Generator
+    label_matrix: np.ndarray,
+    fractions: tuple[float, ...],
+    rng: np.random.Generator,
+    placed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Assign each row of a multi-label matrix to a fold (Sechidis et al., ECML PKDD 2011).
 
     The rarest label still unassigned is dealt out first, each row going to the fold that most
     lacks that label, so rare findings are spread as evenly as their counts allow.
 
+    Args:
+        placed: optional fold index per row, -1 for rows still to place. Placed rows keep their
+            fold and count towards its share, so new rows fill what the folds lack.
+
     Returns:
         int array of fold indices, one per row.
     """
     n_rows = len(label_matrix)
     fractions = np.asarray(fractions, dtype=float)
+    folds = np.full(n_rows, -1) if placed is None else np.asarray(placed, dtype=int).copy()
     wanted_per_label = np.outer(fractions, label_matrix.sum(axis=0))
     wanted_rows = fractions * n_rows
-    folds = np.full(n_rows, -1)
+    for fold in range(len(fractions)):
+        wanted_per_label[fold] -= label_matrix[folds == fold].sum(axis=0)
+        wanted_rows[fold] -= (folds == fold).sum()
     while (folds < 0).any():
         remaining = folds < 0
         counts = label_matrix[remaining].sum(axis=0)
@@ -145,22 +176,34 @@ def split_by_patient(
     labels: tuple[str, ...] = config.LABELS,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = config.SEED,
+    previous: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Split full-resolution images into train/valid/test by patient, stratified over the labels.
 
     Low-resolution (64 px) images only ever go to training, and those whose patient is in
     valid or test are dropped so that no patient crosses splits.
+
+    Args:
+        previous: earlier splits to extend (``{"train": frame, ...}``, e.g. the committed CSVs).
+            Each of their patients stays in its split, so a model trained on the earlier training
+            split is never scored on its own patients; only new patients are placed, filling what
+            each split lacks towards ``fractions``.
     """
-    full = metadata[metadata["Resolution"] != 64]
-    low = metadata[metadata["Resolution"] == 64]
+    full = metadata[~is_low_resolution(metadata)]
+    low = metadata[is_low_resolution(metadata)]
     # Stratify patients on "has ever shown this finding", plus an all-normal flag.
     per_patient = full.groupby("PatientId")[list(labels)].max()
     per_patient["normal"] = (per_patient.sum(axis=1) == 0).astype(int)
-    folds = iterative_stratification(per_patient.to_numpy(), fractions, np.random.default_rng(seed))
-    fold_of_patient = dict(zip(per_patient.index, folds))
+    earlier = {
+        patient: fold
+        for fold, name in enumerate(SPLITS)
+        for patient in (previous or {}).get(name, {}).get("PatientId", [])
+    }
+    placed = per_patient.index.map(lambda patient: earlier.get(patient, -1)).to_numpy()
+    folds = iterative_stratification(per_patient.to_numpy(), fractions, np.random.default_rng(seed), placed)
+    fold_of_patient = {**earlier, **dict(zip(per_patient.index, folds))}
     splits = {name: full[full["PatientId"].map(fold_of_patient) == i] for i, name in enumerate(SPLITS)}
-    held_out = set(splits["valid"]["PatientId"]) | set(splits["test"]["PatientId"])
-    low = low[~low["PatientId"].isin(held_out)]
+    low = low[low["PatientId"].map(fold_of_patient).fillna(0) == 0]
     splits["train"] = pd.concat([splits["train"], low])
     return {name: frame.sort_values("Image").reset_index(drop=True) for name, frame in splits.items()}
 
@@ -171,7 +214,7 @@ def split_summary(splits: dict[str, pd.DataFrame], labels: tuple[str, ...] = con
     for name, frame in splits.items():
         rows[name] = {
             "images": len(frame),
-            "images at 64 px": int((frame["Resolution"] == 64).sum()),
+            "images at 64 px": int(is_low_resolution(frame).sum()),
             "patients": frame["PatientId"].nunique(),
             **{label: int(frame[label].sum()) for label in labels},
         }

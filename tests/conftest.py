@@ -13,15 +13,15 @@ if str(REPO_ROOT) not in sys.path:
 
 @pytest.fixture(scope="module")
 def test_image() -> Path:
-    """The first 512-px image of the committed test split (skips if the NIH data is absent)."""
-    from cxr import config
+    """The first full-resolution image of the committed test split (skips if the NIH data is absent)."""
+    from cxr import config, data
 
     try:
         data_dir = config.data_dir()
     except FileNotFoundError as error:
         pytest.skip(f"NIH data directory not available ({error})")
     frame = pd.read_csv(config.SPLIT_DIR / "test.csv")
-    path = data_dir / config.FULL_RESOLUTION_DIR / frame.loc[frame["Resolution"] == 512, "Image"].iloc[0]
+    path = data_dir / config.FULL_RESOLUTION_DIR / frame.loc[~data.is_low_resolution(frame), "Image"].iloc[0]
     if not path.is_file():
         pytest.skip(f"test image {path} not available")
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from cxr import config, data
 
@@ -154,6 +155,39 @@ def test_stratification_is_deterministic_for_a_seed():
     other = data.iterative_stratification(matrix, (0.7, 0.15, 0.15), np.random.default_rng(43))
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_placed_rows_keep_their_fold_and_new_rows_fill_what_each_fold_lacks():
+    matrix = random_label_matrix(0)
+    placed = np.full(len(matrix), -1)
+    placed[:100] = 0  # a first batch of rows, all in fold 0 (more than its 70% share of 300 allows)
+    folds = data.iterative_stratification(matrix, (0.5, 0.25, 0.25), np.random.default_rng(0), placed)
+    np.testing.assert_array_equal(folds[:100], 0)
+    # Fold 0 wants 150 rows and holds 100: the 200 new rows go 50 / 75 / 75.
+    np.testing.assert_allclose(np.bincount(folds[100:], minlength=3), [50, 75, 75], atol=3)
+
+
+def write_png(path, side):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((side, side), 128, np.uint8)).save(path)
+
+
+def test_metadata_reads_each_files_real_size_and_prefers_images_over_images_64(tmp_path):
+    names = ["00000001_000.png", "00000002_000.png", "00000003_000.png"]
+    table = pd.DataFrame({**HEADER, "Image Index": names[:2]})
+    table = pd.concat([table, table.iloc[[0]].assign(**{"Image Index": names[2], "Patient ID": 3})])
+    table.to_csv(tmp_path / config.LABEL_FILE, index=False)
+    write_png(tmp_path / config.FULL_RESOLUTION_DIR / names[0], 96)
+    write_png(tmp_path / config.FULL_RESOLUTION_DIR / names[1], 80)
+    write_png(tmp_path / config.LOW_RESOLUTION_DIR / names[1], 8)  # also at full size: images/ wins
+    write_png(tmp_path / config.LOW_RESOLUTION_DIR / names[2], 8)
+
+    metadata = data.build_metadata(tmp_path)
+
+    assert list(metadata["Image"]) == names
+    assert list(metadata["Resolution"]) == [96, 80, 8]
+    assert data.image_path(metadata.iloc[2], tmp_path) == tmp_path / config.LOW_RESOLUTION_DIR / names[2]
+    assert data.image_path(metadata.iloc[1], tmp_path) == tmp_path / config.FULL_RESOLUTION_DIR / names[1]
 
 
 # --- leakage -------------------------------------------------------------------------------------
