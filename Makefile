@@ -1,5 +1,8 @@
 # make notebook   set up .venv and execute the notebook on the real data (writes it and its figures)
 # make test       set up .venv and run every test, the notebook's outputs included (nbval)
+# make test-fast  the tests without the slow ones, for the inner loop
+# make train      train the shipped model's recipe (resumable: the same command continues after a stop),
+#                 then `make export` writes it to models/
 # make bench      add the benchmark's extra candidates to .venv and write bench/RESULTS.md (about 25 min)
 #                 (installs Debian's chromium for the browser tests of the web app if it is missing)
 PYTHON ?= python3.11
@@ -7,7 +10,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: notebook test bench student clean browser
+.PHONY: notebook test test-fast bench student clean browser train export
+
+# The shipped model's recipe (models/README.md): progressive resizing (30 epochs at 128 px, 6 at 224),
+# AdamW with warm-up and cosine decay, weight averaging; under nice, so that it yields to other work.
+RUN := runs/cxr14-224
+train: $(BIN)/activate
+	nice -n 10 $(BIN)/python train.py --output-dir $(RUN) --image-size 224 --early-image-size 128 \
+		--early-epochs 30 --epochs 36 --optimizer adamw --learning-rate 1e-3 --weight-decay 0.02 \
+		--schedule cosine --warmup-epochs 2 --ema-momentum 0.998 --early-stopping-patience 50 \
+		--rotation 0.025 --zoom 0.15 --shift 0.05 --verbose 2
+
+export: $(BIN)/activate
+	$(BIN)/python export_model.py $(RUN) --destination models/densenet121_cxr14 --float16
 
 $(BIN)/activate: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +46,10 @@ browser:
 
 test: $(BIN)/activate browser
 	$(BIN)/python -m pytest
+
+# The inner loop: the unit and data tests, without the slow ones (subprocesses, browser, notebook).
+test-fast: $(BIN)/activate
+	$(BIN)/python -m pytest tests -m "not slow"
 
 # Nothing else may use the CPU meanwhile: the figures are ratios, but a busy machine still skews them.
 bench: $(BIN)/activate

@@ -1,13 +1,16 @@
 """Export the best weights of a training run as the project's shipped model.
 
-    python export_model.py runs/cxr14-128 --destination models/densenet121_cxr14 [--float16]
+    python export_model.py runs/cxr14-224 --destination models/densenet121_cxr14 [--float16]
 
 Writes DESTINATION.weights.h5 (no optimizer state) and DESTINATION.json: the labels, input size and
-training-set normalisation that inference needs, the evaluation standardisation chosen on the
-validation split (training statistics or per image), the operating thresholds chosen on the validation
-split (Youden's J), and the per-class validation and test AUROC of the exported weights. With
---float16 the weights are stored in half precision, which is refused if it costs 0.002 mean AUROC
-or more on either split.
+training-set normalisation that inference needs, and what was chosen on the validation split only:
+the evaluation standardisation (training statistics or per image), whether to average each image
+with its mirror image (test-time flip), the calibration (cxr.calibration) and the operating
+thresholds (90% specificity; Youden's J as an alternative). It then scores the
+validation and test splits of the run's own split directory once: AUROC per finding with
+patient-bootstrap 95% CIs, beside two baselines that read no radiograph (cxr.baselines) and the
+paired difference from the metadata baseline. With --float16 the weights are stored in half
+precision, which is refused if it costs 0.002 mean AUROC or more on either split.
 """
 
 import argparse
@@ -18,31 +21,53 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr import config, data, evaluation, images, pipeline
+from cxr import baselines, calibration, config, data, evaluation, images, pipeline
 from cxr import model as cxr_model
 from cxr.training import BEST_WEIGHTS, LOCATION_SETTINGS, NORMALISATION_FILE, STATE_FILE, atomic_write_text
 
 FLOAT16_TOLERANCE = 0.002  # largest mean-AUROC loss accepted for half-precision weights
+SPECIFICITY = 0.90  # the shipped thresholds: each finding flags at most 10% of validation negatives
+METADATA = "metadata baseline"
+THUMBNAIL = "32x32 thumbnail baseline"
 
 
-def evaluate_splits(network, labels: list[str], image_size: int, statistics, splits=("valid", "test")) -> dict:
-    """Probabilities and labels of the chosen splits."""
-    results = {}
-    for split in splits:
-        frame = data.read_split(split)
-        pixels, frame = images.load_images(
-            frame, config.data_dir(), image_size, f"data/{split}.csv", config.SPLIT_DIR / "cache"
+class Split:
+    """One split of the run's split directory: its rows, labels, patients and decoded images."""
+
+    def __init__(self, name: str, split_dir: Path, data_dir: Path, image_size: int | None, labels: list[str]):
+        self.name = name
+        self.frame = data.read_split(name, split_dir)
+        if image_size:  # the training split is only needed for its labels and metadata
+            self.pixels, self.frame = images.load_images(
+                self.frame, data_dir, image_size, f"{split_dir}/{name}.csv", config.SPLIT_DIR / "cache"
+            )
+        self.truth = data.label_matrix(self.frame, labels)
+        self.patients = self.frame["PatientId"].to_numpy()
+
+    def mean_auroc(self, scores: np.ndarray) -> float:
+        return evaluation.mean_class_auroc(self.truth, scores)
+
+
+def read_run(run_dir: Path) -> tuple[dict, dict, dict]:
+    """The run's config, committed state and normalisation, with a clear error for what is missing."""
+    files = {name: run_dir / name for name in ("config.json", STATE_FILE, NORMALISATION_FILE, BEST_WEIGHTS)}
+    missing = [name for name, path in files.items() if not path.is_file()]
+    if missing:
+        raise SystemExit(
+            f"{run_dir} is not a finished training run: {', '.join(missing)} missing. Train (or resume) it "
+            "with `python train.py --output-dir RUN_DIR` until an epoch is committed."
         )
-        scores = evaluation.predict_probabilities(network, pixels, statistics, verbose=0)
-        results[split] = (data.label_matrix(frame, labels), scores)
-    return results
+    return tuple(json.loads(files[name].read_text()) for name in ("config.json", STATE_FILE, NORMALISATION_FILE))
 
 
-def auroc_per_class(results: dict, labels: list[str]) -> dict:
-    return {
-        split: {label: evaluation.auroc(truth[:, i], scores[:, i]) for i, label in enumerate(labels)}
-        for split, (truth, scores) in results.items()
-    }
+def project_relative(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (the card names no machine's paths)."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(config.PROJECT_ROOT)) if resolved.is_relative_to(config.PROJECT_ROOT) else str(path)
+
+
+def rounded(table, digits: int = 4) -> dict:
+    return {key: round(float(value), digits) for key, value in table.items()}
 
 
 def main() -> None:
@@ -52,62 +77,126 @@ def main() -> None:
     parser.add_argument("--float16", action="store_true", help="store the weights as float16 (half the size)")
     args = parser.parse_args()
 
-    run_config = json.loads((args.run_dir / "config.json").read_text())
-    state = json.loads((args.run_dir / STATE_FILE).read_text())
-    normalisation = json.loads((args.run_dir / NORMALISATION_FILE).read_text())
+    run_config, state, normalisation = read_run(args.run_dir)
     labels = list(config.LABEL_SETS[run_config["labels"]])
     size = run_config["image_size"]
+    # The run's own split and data: another split could hold the run's training patients.
+    split_dir, data_dir = Path(run_config["split_dir"]), config.data_dir(run_config["data_dir"])
+    splits = {name: Split(name, split_dir, data_dir, None if name == "train" else size, labels) for name in data.SPLITS}
     network = cxr_model.build_densenet121(len(labels), size)
     cxr_model.load_pretrained_weights(network, args.run_dir / BEST_WEIGHTS)
-    # Training standardises each image; evaluation may use training statistics (the course's way)
-    # or do the same as training. Choose on the validation split only.
+
+    # Choices made on the validation split only: standardisation, then test-time flip.
+    valid = splits["valid"]
     candidates = {
         cxr_model.TRAINING_STATISTICS: (normalisation["mean"], normalisation["std"]),
         pipeline.PER_IMAGE: pipeline.PER_IMAGE,
     }
-    valid_by_standardisation = {
-        name: float(np.nanmean(list(auroc_per_class(evaluate_splits(network, labels, size, statistics, ("valid",)), labels)["valid"].values())))
+    by_standardisation = {
+        name: valid.mean_auroc(evaluation.predict_probabilities(network, valid.pixels, statistics, verbose=0))
         for name, statistics in candidates.items()
     }
-    standardisation = max(valid_by_standardisation, key=valid_by_standardisation.get)
+    standardisation = max(by_standardisation, key=by_standardisation.get)
     statistics = candidates[standardisation]
-    print(f"validation mean AUROC by standardisation: {valid_by_standardisation} -> {standardisation}")
-    results = evaluate_splits(network, labels, size, statistics)
-    aurocs = auroc_per_class(results, labels)
+    by_flip = {
+        flip: valid.mean_auroc(evaluation.predict_probabilities(network, valid.pixels, statistics, verbose=0, flip=flip))
+        for flip in (False, True)
+    }
+    flip = by_flip[True] > by_flip[False]
+    print(f"validation mean AUROC by standardisation {by_standardisation}, by test-time flip {by_flip}")
 
     weights_path = args.destination.with_name(args.destination.name + ".weights.h5")
     # Written beside the destination and renamed at the end: a reader never sees a half-written file.
     partial = weights_path.with_name("partial-" + weights_path.name)
     if args.float16:
         cxr_model.save_weights_float16(network, partial)
-        half = cxr_model.load_pretrained_weights(cxr_model.build_densenet121(len(labels), size), partial)
-        half_results = evaluate_splits(half, labels, size, statistics)
-        half_aurocs = auroc_per_class(half_results, labels)
-        loss = {s: float(np.nanmean(list(aurocs[s].values())) - np.nanmean(list(half_aurocs[s].values()))) for s in aurocs}
+        shipped = cxr_model.load_pretrained_weights(cxr_model.build_densenet121(len(labels), size), partial)
+    else:
+        network.save_weights(partial)
+        shipped = network
+
+    def score(net, split):
+        return evaluation.predict_probabilities(net, splits[split].pixels, statistics, verbose=0, flip=flip)
+
+    scores = {split: score(shipped, split) for split in ("valid", "test")}
+    if args.float16:
+        loss = {split: splits[split].mean_auroc(score(network, split)) - splits[split].mean_auroc(scores[split])
+                for split in scores}  # fmt: skip
         print(f"mean AUROC lost by float16 weights: {loss}")
         if max(loss.values()) >= FLOAT16_TOLERANCE:
             partial.unlink()
             raise SystemExit(f"float16 loses {loss} mean AUROC: export without --float16.")
-        results, aurocs = half_results, half_aurocs  # report what is shipped
-    else:
-        network.save_weights(partial)
 
-    valid_truth, valid_scores = results["valid"]
-    thresholds = evaluation.choose_thresholds(valid_truth, valid_scores, rule="youden", labels=labels)
+    baseline_scores = baselines.baseline_scores({name: split.frame for name, split in splits.items()}, data_dir,
+                                                labels=tuple(labels))
+    results = {}
+    for name in scores:
+        split = splits[name]
+        per_class = evaluation.auroc_table(split.truth, scores[name], labels, split.patients)
+        compared = evaluation.compare_mean_auroc(
+            split.truth,
+            {"model": scores[name], METADATA: baseline_scores[name]["metadata"],
+             THUMBNAIL: baseline_scores[name]["thumbnail"]},
+            split.patients,
+            reference=METADATA,
+        )  # fmt: skip
+        results[name] = {
+            "images": len(split.frame),
+            "patients": int(len(set(split.patients))),
+            "auroc": {label: rounded(row) for label, row in per_class[["AUROC", "CI low", "CI high"]].iterrows()},
+            "mean_auroc": {model: rounded(row.dropna()) for model, row in compared.iterrows()},
+        }
+        print(f"{name}:\n{compared.round(3).to_string()}")
+
+    # Calibration and thresholds, fitted on the validation split; thresholds apply to calibrated probabilities.
+    # The prevalences the loss was weighted with: those of the rows training used.
+    train_rows = splits["train"].frame
+    if not run_config["use_low_resolution"]:
+        train_rows = train_rows[~data.is_low_resolution(train_rows)]
+    positive_frequencies, _ = data.compute_class_freqs(data.label_matrix(train_rows, labels))
+    fitted = calibration.fit_calibration(scores["valid"], splits["valid"].truth, positive_frequencies, labels)
+    probabilities = {split: calibration.calibrate(scores[split], fitted, labels) for split in scores}
+    thresholds = calibration.threshold_at_specificity(splits["valid"].truth, probabilities["valid"], SPECIFICITY)
+    youden = evaluation.choose_thresholds(splits["valid"].truth, probabilities["valid"], rule="youden", labels=labels)
+    test = splits["test"]
+    no_finding = (test.frame[list(config.LABELS)].sum(axis=1) == 0).to_numpy()
+    fitted["test_ece"] = {
+        "before": rounded({label: calibration.expected_calibration_error(test.truth[:, i], scores["test"][:, i])
+                           for i, label in enumerate(labels)}),
+        "after": rounded({label: calibration.expected_calibration_error(test.truth[:, i], probabilities["test"][:, i])
+                          for i, label in enumerate(labels)}),
+    }  # fmt: skip
+    operating = {}
+    for rule, rule_thresholds in ((f"specificity {SPECIFICITY:.2f}", thresholds), ("youden", youden)):
+        flagged = probabilities["test"] >= rule_thresholds
+        counts = evaluation.threshold_metrics(test.truth, probabilities["test"], rule_thresholds, labels)
+        operating[rule] = {
+            "sensitivity": rounded(counts["sensitivity"]),
+            "specificity": rounded(counts["specificity"]),
+            "mean_findings_flagged_on_no_finding_images": round(float(flagged[no_finding].sum(axis=1).mean()), 3),
+        }
     card = {
         "labels": labels,
         "image_size": size,
         "normalisation": normalisation,
         "standardisation": standardisation,
-        "validation_mean_auroc_by_standardisation": {k: round(v, 4) for k, v in valid_by_standardisation.items()},
+        "test_time_flip": bool(flip),
+        "validation_mean_auroc_by_standardisation": rounded(by_standardisation),
+        "validation_mean_auroc_by_test_time_flip": {str(key).lower(): round(value, 4) for key, value in by_flip.items()},
         "weights_dtype": "float16" if args.float16 else "float32",
         "exported": datetime.date.today().isoformat(),
+        "split_dir": project_relative(split_dir),
+        "data_dir": run_config["data_dir"] and project_relative(Path(run_config["data_dir"])),  # None: the default
         "best_epoch": state["best_epoch"],
         f"best_{run_config['monitor']}": state["best"],
-        "threshold_rule": "Youden's J on the validation split",
-        "thresholds": dict(zip(labels, thresholds.round(6).tolist())),
-        "auroc": {split: {k: round(v, 4) for k, v in per_class.items()} for split, per_class in aurocs.items()},
-        "mean_auroc": {split: round(float(np.nanmean(list(v.values()))), 4) for split, v in aurocs.items()},
+        "calibration": fitted,
+        "threshold_rule": f"specificity {SPECIFICITY:.2f} on the validation split (calibrated probabilities)",
+        "thresholds": dict(zip(labels, thresholds.tolist())),  # unrounded: rounding could move a decision
+        "thresholds_youden": dict(zip(labels, youden.tolist())),
+        "test_operating_points": operating,
+        "auroc": {split: {label: row["AUROC"] for label, row in result["auroc"].items()} for split, result in results.items()},
+        "mean_auroc": {split: result["mean_auroc"]["model"]["mean AUROC"] for split, result in results.items()},
+        "evaluation": results,
         "training": {key: value for key, value in run_config.items() if key not in LOCATION_SETTINGS},
     }
     if args.float16:
@@ -116,7 +205,6 @@ def main() -> None:
     atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
     os.replace(partial, weights_path)
     print(f"wrote {weights_path} and {card_path}")
-    print(json.dumps(card["mean_auroc"]))
 
 
 if __name__ == "__main__":

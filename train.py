@@ -10,12 +10,14 @@ Every option of cxr.training.TrainConfig is a flag (--image-size, --no-use-low-r
 import argparse
 import dataclasses
 import json
+import os
+import sys
 import typing
 
-from cxr.training import TrainConfig, train
+from cxr.training import CheckpointError, TrainConfig, train
 
 
-def parse_config() -> TrainConfig:
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(TrainConfig)
     for item in dataclasses.fields(TrainConfig):
@@ -26,10 +28,30 @@ def parse_config() -> TrainConfig:
             continue
         base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
         parser.add_argument(flag, type=base, default=item.default, help=f"default: {item.default}")
-    return TrainConfig(**vars(parser.parse_args()))
+    try:
+        return TrainConfig(**vars(parser.parse_args(argv)))
+    except ValueError as error:
+        parser.error(str(error))  # usage and the message, exit status 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train as the command line says; return the exit status (1 if an epoch could not be saved)."""
+    cfg = parse_config(argv)
+    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    try:
+        summary = train(cfg)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    cfg = parse_config()
-    print(json.dumps(dataclasses.asdict(cfg), indent=2))
-    print(json.dumps(train(cfg), indent=2))
+    status = main()
+    if status:
+        # HDF5 keeps a file whose writes failed open, and crashes closing it in its exit handler (a segfault):
+        # leave without running exit handlers; everything the run committed is already on disk.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)

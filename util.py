@@ -31,15 +31,20 @@ from keras.utils import set_random_seed  # noqa: E402, F401
 from cxr.config import BATCH_SIZE, FOUR_CLASS_LABELS, IMAGE_SIZE, LABELS, SEED, data_dir  # noqa: E402, F401
 from cxr.data import (  # noqa: E402, F401
     build_metadata,
+    is_low_resolution,
     check_for_leakage,
     compute_class_freqs,
     count_shared_patients,
+    findings_to_columns,
     label_matrix,
     read_label_file,
     read_split,
     split_summary,
 )
-from cxr.images import load_images, read_image  # noqa: E402, F401
+from cxr.images import load_images, read_image, to_model_size  # noqa: E402, F401
+from cxr.baselines import baseline_scores, metadata_features  # noqa: E402, F401
+from cxr.calibration import calibrate, expected_calibration_error, threshold_at_specificity, weighting_shift  # noqa: E402, F401
+from cxr.shortcuts import controlled_origin_auroc, view_auroc  # noqa: E402, F401
 from cxr.losses import get_weighted_loss  # noqa: E402, F401
 from cxr.model import build_densenet121, load_pretrained_weights, load_shipped_model  # noqa: E402, F401
 from cxr.pipeline import PER_IMAGE, Augmentation, make_dataset, standardise, training_statistics  # noqa: E402, F401
@@ -48,6 +53,7 @@ from cxr.evaluation import (  # noqa: E402, F401
     auroc_table,
     choose_thresholds,
     classification_report,
+    compare_mean_auroc,
     expert_label_comparison,
     mean_auroc,
     plot_confusion_matrices,
@@ -55,6 +61,7 @@ from cxr.evaluation import (  # noqa: E402, F401
     plot_roc_curves,
     predict_probabilities,
     read_expert_labels,
+    subgroup_mean_auroc,
     threshold_metrics,
 )
 from cxr.gradcam import (  # noqa: E402, F401
@@ -64,6 +71,7 @@ from cxr.gradcam import (  # noqa: E402, F401
     localisation_scores,
     plot_gradcam,
     pointing_game_hit,
+    randomisation_check,
     scale_box,
     summarise_localisation,
 )

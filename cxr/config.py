@@ -48,13 +48,18 @@ IMAGE_SIZE = 320
 BATCH_SIZE = 16
 
 
+def chosen_data_dir(path: str | os.PathLike | None = None) -> Path:
+    """The NIH data directory ``data_dir`` returns, whether or not it exists."""
+    return Path(path or os.environ.get(DATA_DIR_VARIABLE) or DEFAULT_DATA_DIR).expanduser()
+
+
 def data_dir(path: str | os.PathLike | None = None) -> Path:
     """Return the NIH data directory: ``path`` if given, else ``$CXR_DATA_DIR``, else the default.
 
     Raises:
         FileNotFoundError: if the directory does not exist, with what to do about it.
     """
-    chosen = Path(path or os.environ.get(DATA_DIR_VARIABLE) or DEFAULT_DATA_DIR).expanduser()
+    chosen = chosen_data_dir(path)
     if not chosen.is_dir():
         raise FileNotFoundError(
             f"NIH data directory {chosen} does not exist. Set ${DATA_DIR_VARIABLE} (or pass data_dir) "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,30 +11,72 @@ import pandas as pd
 from PIL import Image
 
 from cxr import config
+from cxr.download import BOX_FOLDER_URL
 
 # Columns of the official NIH label file that the project reads.
 LABEL_FILE_COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position")
+# Columns of a split CSV that every reader needs (the label columns are checked by label_matrix).
+SPLIT_COLUMNS = ("Image", "PatientId", "Resolution")
 # Side of the files in images-64/: too small to score a model on, so they are used for training only.
 LOW_RESOLUTION = 64
 SPLITS = ("train", "valid", "test")
 
 
-def read_label_file(path: str | Path) -> pd.DataFrame:
-    """Read the NIH label file (``.csv`` or ``.csv.gz``) and check that it has the columns we need.
+def read_csv(path: Path, columns: tuple[str, ...], remedy: str) -> pd.DataFrame:
+    """Read a CSV (``.csv`` or ``.csv.gz``) that must have ``columns``.
 
     Raises:
-        FileNotFoundError: if the file is missing.
-        ValueError: if a required column is missing, naming it and the file.
+        ValueError: naming the file and ``remedy``, if it is not a readable CSV (corrupt, truncated,
+            not gzip) or lacks one of ``columns``.
+    """
+    try:
+        table = pd.read_csv(path)
+    except (OSError, EOFError, zlib.error, ValueError) as error:  # what pandas, gzip and zlib raise
+        raise ValueError(f"{path}: not a readable CSV file ({type(error).__name__}: {error}). {remedy}") from error
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected the columns {list(columns)}. {remedy}")
+    return table
+
+
+def read_label_file(path: str | Path) -> pd.DataFrame:
+    """Read the NIH label file (``.csv`` or ``.csv.gz``) and check the columns and values we need.
+
+    Returns:
+        the table, with ``Patient ID`` as integers.
+
+    Raises:
+        FileNotFoundError: if the file is missing, saying where to get it.
+        ValueError: naming the file, if it is not a readable CSV or lacks a required column; naming the
+            line and the field for an empty or non-integer ``Patient ID``; naming the image and both
+            lines for an image listed twice.
     """
     path = Path(path)
+    # download_data.py cannot fetch it: the box folder has no direct link to it.
+    fetch = f"by hand from the NIH box folder {BOX_FOLDER_URL} (see README.md) into {path.parent} and gzip it"
     if not path.is_file():
-        raise FileNotFoundError(f"Label file {path} not found: fetch it with `python download_data.py`.")
-    table = pd.read_csv(path)
-    missing = [column for column in LABEL_FILE_COLUMNS if column not in table.columns]
-    if missing:
+        raise FileNotFoundError(f"Label file {path} not found. Download Data_Entry_2017_v2020.csv {fetch}.")
+    table = read_csv(path, LABEL_FILE_COLUMNS, f"Download Data_Entry_2017_v2020.csv again {fetch}.")
+    line = table.index + 2  # the line of each row in the file; the header is line 1
+    patients = pd.to_numeric(table["Patient ID"], errors="coerce")
+    # An empty patient would silently drop the image from every split (and make every ID a float).
+    invalid = patients.isna() | (patients % 1 != 0)
+    if invalid.any():
+        row = invalid.to_numpy().argmax()
+        value = table["Patient ID"].iloc[row]
+        problem = "empty 'Patient ID'" if pd.isna(value) else f"'Patient ID' {value!r} is not a whole number"
         raise ValueError(
-            f"{path}: missing column(s) {missing}; expected the NIH header with {list(LABEL_FILE_COLUMNS)}. "
-            "Use the official Data_Entry_2017_v2020.csv."
+            f"{path} line {line[row]} (Image Index {table['Image Index'].iloc[row]}): {problem}; "
+            "every row needs the patient's number. Fix the row or use the official Data_Entry_2017_v2020.csv."
+        )
+    table["Patient ID"] = patients.astype("int64")
+    repeated = table["Image Index"].duplicated(keep=False).to_numpy()
+    if repeated.any():
+        image = table["Image Index"][repeated].iloc[0]
+        lines = line[(table["Image Index"] == image).to_numpy()]
+        raise ValueError(
+            f"{path}: image {image} is listed on lines {', '.join(map(str, lines))}; an image needs exactly one "
+            "row (a repeated row would be trained on twice). Delete the extra row(s)."
         )
     return table
 
@@ -76,9 +119,7 @@ def build_metadata(data_dir: str | Path | None = None, labels: tuple[str, ...] =
     root = config.data_dir(data_dir)
     label_file = root / config.LABEL_FILE
     table = read_label_file(label_file)
-    folders = [root / folder for folder in (config.FULL_RESOLUTION_DIR, config.LOW_RESOLUTION_DIR)]
-    if not any(folder.is_dir() for folder in folders):
-        raise FileNotFoundError(f"{root}: neither images/ nor images-64/ exists; nothing to read.")
+    folders = image_folders(root)
     file_of_image = {}
     for folder in reversed(folders):  # images/ last, so that it wins over images-64/
         if folder.is_dir():
@@ -99,6 +140,22 @@ def build_metadata(data_dir: str | Path | None = None, labels: tuple[str, ...] =
         axis=1,
     )
     return metadata.sort_values("Image").reset_index(drop=True)
+
+
+def image_folders(root: Path) -> list[Path]:
+    """``images/`` and ``images-64/`` of a data directory.
+
+    Raises:
+        FileNotFoundError: naming the directory and what to do, if neither holds a file.
+    """
+    folders = [root / config.FULL_RESOLUTION_DIR, root / config.LOW_RESOLUTION_DIR]
+    if not any(folder.is_dir() and any(folder.iterdir()) for folder in folders):
+        raise FileNotFoundError(
+            f"{root} has no images: neither {config.FULL_RESOLUTION_DIR}/ nor {config.LOW_RESOLUTION_DIR}/ holds "
+            f"a file. Point --data-dir (or ${config.DATA_DIR_VARIABLE}) at the NIH data directory, or fetch the "
+            "images into it with `python download_data.py`."
+        )
+    return folders
 
 
 def image_side(path: Path) -> int:
@@ -222,11 +279,15 @@ def split_summary(splits: dict[str, pd.DataFrame], labels: tuple[str, ...] = con
 
 
 def read_split(name: str, split_dir: str | Path = config.SPLIT_DIR) -> pd.DataFrame:
-    """Read one of the committed split CSVs (``train``, ``valid`` or ``test``)."""
+    """Read one of the committed split CSVs (``train``, ``valid`` or ``test``).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file, if it is missing, unreadable or lacks a column.
+    """
     path = Path(split_dir) / f"{name}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"Split file {path} not found: create it with `python split_data.py`.")
-    return pd.read_csv(path)
+    return read_csv(path, SPLIT_COLUMNS, "Write the splits again with `python split_data.py`.")
 
 
 def check_for_leakage(df1: pd.DataFrame, df2: pd.DataFrame, patient_col: str) -> bool:

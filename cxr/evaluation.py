@@ -105,6 +105,7 @@ def predict_probabilities(
     statistics: Standardisation,
     batch_size: int = 32,
     verbose: int | str = 1,
+    flip: bool = False,
 ) -> np.ndarray:
     """Probabilities of every finding for a stack of images, standardised like validation data.
 
@@ -114,6 +115,7 @@ def predict_probabilities(
         statistics: the training (mean, std) in the 0..255 scale, or ``PER_IMAGE``.
         batch_size: images per forward pass.
         verbose: Keras progress display (1: progress bar, 0: silent).
+        flip: test-time augmentation: average the probabilities of each image and its mirror image.
 
     Returns:
         (N, C) float32 probabilities.
@@ -131,7 +133,7 @@ def predict_probabilities(
     # One compiled graph per model does the validation pipeline's standardisation and the forward
     # pass; called batch by batch it beats model.predict on the CPU with the same probabilities
     # (bench/run.py; figures in bench/RESULTS.md).
-    forward = _forward_pass(model, per_image=isinstance(statistics, str), dtype=tf.as_dtype(images.dtype))
+    forward = _forward_pass(model, isinstance(statistics, str), tf.as_dtype(images.dtype), flip)
     mean, std = (0.0, 1.0) if isinstance(statistics, str) else statistics
     mean, std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
     steps = -(-len(images) // batch_size)
@@ -149,14 +151,15 @@ def predict_probabilities(
 _FORWARD_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _forward_pass(model: keras.Model, per_image: bool, dtype: tf.DType = tf.uint8) -> Callable:
-    """A tf.function: (B, H, W) batch of ``dtype`` pixels, mean, std -> (B, C) float32 probabilities.
+def _forward_pass(model: keras.Model, per_image: bool, dtype: tf.DType = tf.uint8, flip: bool = False) -> Callable:
+    """A tf.function: (B, H, W) batch of ``dtype`` pixels, mean, std -> (B, C) float32 probabilities
+    (with ``flip``, the mean of the batch's and its mirror image's).
 
     Traced once per model and standardisation for any batch size; it reads the model's variables
     when called, so weights loaded later are used. It holds the model only weakly.
     """
     passes = _FORWARD_PASSES.setdefault(model, {})
-    key = (per_image, dtype)
+    key = (per_image, dtype, flip)
     if key not in passes:
         network = weakref.ref(model)
         height, width = model.input_shape[1:3]
@@ -167,7 +170,11 @@ def _forward_pass(model: keras.Model, per_image: bool, dtype: tf.DType = tf.uint
         def forward(batch, mean, std):
             pixels = tf.cast(batch, tf.float32)[..., tf.newaxis]
             standardised = pipeline._standardise_batch(pixels, PER_IMAGE if per_image else (mean, std))
-            return tf.cast(network()(standardised, training=False), tf.float32)
+            probabilities = tf.cast(network()(standardised, training=False), tf.float32)
+            if flip:
+                mirrored = tf.cast(network()(standardised[:, :, ::-1], training=False), tf.float32)
+                probabilities = (probabilities + mirrored) / 2
+            return probabilities
 
         passes[key] = forward
     return passes[key]
@@ -287,6 +294,97 @@ def auroc_table(
         rows.append({"AUROC": point, "CI low": low, "CI high": high, "positives": positives,
                      "negatives": negatives, "note": note})
     return pd.DataFrame(rows, index=pd.Index(names, name="label"))
+
+
+def compare_mean_auroc(
+    y_true: np.ndarray,
+    scores: dict[str, np.ndarray],
+    groups: Sequence | np.ndarray | None = None,
+    reference: str | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Mean AUROC over classes of several models scored on the same images, with bootstrap 95% CIs,
+    and each model's paired difference from ``reference``.
+
+    Every model is scored on the same resamples of patients (``groups``), so the difference's
+    interval reflects how the two models disagree on the same cases, which is far narrower than
+    comparing two separate intervals. A class without a positive or a negative case in a resample
+    is left out of that resample's mean.
+
+    Args:
+        y_true: (N, C) 0/1 labels. scores: model name -> (N, C) scores.
+        groups: (N,) patient id of each image, or None to resample images.
+        reference: name of the model the others are compared with (e.g. the metadata baseline).
+
+    Returns:
+        DataFrame indexed by model with ``mean AUROC``, ``CI low``, ``CI high``, and with a
+        reference, ``difference``, ``difference CI low``, ``difference CI high``.
+    """
+    if reference is not None and reference not in scores:
+        raise ValueError(f"reference {reference!r} is not one of the models {list(scores)}.")
+    truth = _as_label_matrix(y_true)
+    if groups is not None and len(groups) != len(truth):
+        raise ValueError(f"{len(groups)} group ids for {len(truth)} images.")
+    weights = _bootstrap_weights(len(truth), groups, n_bootstrap, np.random.default_rng(seed))
+    computable = [c for c in range(truth.shape[1])
+                  if not _not_computable_reason(int(truth[:, c].sum()), int(len(truth) - truth[:, c].sum()))]  # fmt: skip
+    point, resampled = {}, {}
+    for name, score in scores.items():
+        score = _as_scores(score, truth.shape)
+        point[name] = mean_class_auroc(truth, score)
+        per_class = [_weighted_auroc(truth[:, c], score[:, c], weights) for c in computable]
+        with warnings.catch_warnings():  # a resample without any computable class gives NaN, left out
+            warnings.simplefilter("ignore", RuntimeWarning)
+            resampled[name] = np.nanmean(per_class, axis=0) if per_class else np.full(n_bootstrap, np.nan)
+    rows = {}
+    for name in scores:
+        low, high = _interval(resampled[name])
+        row = {"mean AUROC": point[name], "CI low": low, "CI high": high}
+        if reference is not None:
+            low, high = _interval(resampled[name] - resampled[reference])
+            row.update({"difference": point[name] - point[reference], "difference CI low": low, "difference CI high": high})
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of the finite values (NaN, NaN if there is none)."""
+    finite = values[np.isfinite(values)]
+    return tuple(np.percentile(finite, [2.5, 97.5])) if len(finite) else (np.nan, np.nan)
+
+
+def mean_class_auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Mean AUROC over the classes that have both a positive and a negative case (NaN if none has)."""
+    truth = _as_label_matrix(y_true)
+    scores = _as_scores(y_score, truth.shape)
+    values = [auroc(truth[:, c], scores[:, c]) for c in range(truth.shape[1])]
+    values = [value for value in values if np.isfinite(value)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def subgroup_mean_auroc(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    subgroups: pd.Series | np.ndarray,
+    groups: Sequence | np.ndarray | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Mean AUROC with its bootstrap 95% CI within each subgroup (view, sex, age band, ...).
+
+    Returns:
+        DataFrame indexed by subgroup with ``images``, ``mean AUROC``, ``CI low``, ``CI high``.
+    """
+    subgroups = np.asarray(subgroups)
+    groups = None if groups is None else np.asarray(groups)
+    rows = {}
+    for value in pd.unique(subgroups):
+        inside = subgroups == value
+        table = compare_mean_auroc(np.asarray(y_true)[inside], {"model": np.asarray(y_score)[inside]},
+                                   None if groups is None else groups[inside], n_bootstrap=n_bootstrap, seed=seed)  # fmt: skip
+        rows[value] = {"images": int(inside.sum()), **table.loc["model"].to_dict()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("subgroup").sort_index()
 
 
 def mean_auroc(table: pd.DataFrame) -> float:

@@ -19,6 +19,7 @@ import tensorflow as tf
 from matplotlib.patches import Rectangle
 
 from cxr import config
+from cxr.calibration import calibrate
 from cxr.model import LAST_CONV_LAYER
 from cxr.pipeline import standardise
 
@@ -280,13 +281,26 @@ def localisation_scores(
                 "hit": pointing_game_hit(heatmap, scaled),
                 "IoU": box_iou(heatmap, scaled, threshold),
                 "vanished": vanished,
+                **pointing_baselines(scaled, size),
             })
-    columns = ["Image", "Finding", "x", "y", "w", "h", "probability", "hit", "IoU", "vanished"]
+    columns = ["Image", "Finding", "x", "y", "w", "h", "probability", "hit", "IoU", "vanished",
+               "random point hit", "centre hit"]
     return pd.DataFrame(rows, columns=columns)
 
 
+def pointing_baselines(box: Sequence[float], size: int) -> dict[str, float]:
+    """What a map that does not look at the image scores on one box of a (size, size) image.
+
+    ``random point hit``: the chance that a uniformly random pixel falls inside the box (its share of
+    the image). ``centre hit``: 1 if the image's central pixel does, else 0.
+    """
+    mask = _box_mask((size, size), box)
+    return {"random point hit": float(mask.mean()), "centre hit": float(mask[size // 2, size // 2])}
+
+
 def summarise_localisation(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per finding and overall (``All``): boxes, images, pointing-game hit rate and mean IoU.
+    """Per finding and overall (``All``): boxes, images, pointing-game hit rate, mean IoU, and the hit
+    rates of a random point and of the image centre on the same boxes.
 
     Args:
         scores: the table of ``localisation_scores``.
@@ -302,11 +316,49 @@ def summarise_localisation(scores: pd.DataFrame) -> pd.DataFrame:
             "hit rate": part["hit"].astype(float).mean() if len(part) else np.nan,
             "mean IoU": part["IoU"].mean() if len(part) else np.nan,
             "vanished": int(part["vanished"].sum()),
+            "random point hit rate": part["random point hit"].mean() if len(part) else np.nan,
+            "centre hit rate": part["centre hit"].mean() if len(part) else np.nan,
         }
 
     rows = {finding: summary(part) for finding, part in scores.groupby("Finding", sort=True)}
     rows["All"] = summary(scores)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("finding")
+
+
+def randomisation_check(
+    model: keras.Model,
+    randomised: keras.Model,
+    images: np.ndarray,
+    statistics: tuple[float, float] | str,
+    class_indices: Sequence[int],
+    layer_name: str = LAST_CONV_LAYER,
+) -> pd.DataFrame:
+    """The model-randomisation sanity check of Adebayo et al. (NeurIPS 2018) for GradCAM.
+
+    If the heatmaps of a network with random weights resemble the trained network's, the maps show
+    the image's edges or the architecture, not what the model learnt. The similarity is the Spearman
+    rank correlation of the two heatmaps of each image (computed on the layer's own grid, where the
+    maps carry their information; the bilinear upsampling would only add ties and smoothness).
+
+    Args:
+        model: the trained classifier. randomised: the same architecture with re-initialised weights.
+        images: (N, S, S) uint8 images. class_indices: (N,) the finding to explain on each image.
+
+    Returns:
+        One row per image: ``class``, ``spearman`` (NaN where either map vanished).
+    """
+    from scipy.stats import spearmanr
+
+    rows = []
+    for image, class_index in zip(_check_images(images, model), class_indices):
+        model_input = standardise(image[np.newaxis], statistics)[0]
+        grid = model.get_layer(layer_name).output.shape[1]
+        maps = [gradcam_heatmap(network, model_input, int(class_index), layer_name) for network in (model, randomised)]
+        small = [tf.image.resize(heatmap[..., np.newaxis], (grid, grid), method="area").numpy().ravel()
+                 for heatmap, _ in maps]  # fmt: skip
+        vanished = any(flag for _, flag in maps) or min(np.ptp(values) for values in small) == 0
+        rows.append({"class": int(class_index), "spearman": np.nan if vanished else float(spearmanr(*small).statistic)})
+    return pd.DataFrame(rows)
 
 
 # --- figure --------------------------------------------------------------------------------------
@@ -321,6 +373,8 @@ def plot_gradcam(
     boxes: pd.DataFrame | None = None,
     layer_name: str = LAST_CONV_LAYER,
     box_size: float = BOX_SOURCE_SIZE,
+    calibration: dict | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> plt.Figure:
     """The image, then its GradCAM for each selected finding (jet, over the grayscale image).
 
@@ -330,6 +384,10 @@ def plot_gradcam(
         selected_labels: findings to explain, one panel each, titled "Finding: p=0.xx".
         boxes: optional boxes of this image (``Finding``, ``x``, ``y``, ``w``, ``h`` in ``box_size``
             coordinates), drawn on the panel of their finding.
+        calibration: the model card's calibration, so that titles give calibrated probabilities
+            (None: the network's outputs).
+        probabilities: (C,) the probabilities to put in the titles, when the caller has them already
+            (e.g. with test-time flip); ``calibration`` is then not used.
     """
     image = _check_images(np.asarray(image_uint8)[np.newaxis], model)[0]
     names = list(labels)
@@ -337,7 +395,9 @@ def plot_gradcam(
     if unknown or not len(selected_labels):
         raise ValueError(f"selected_labels must be non-empty and among the model's labels; unknown: {unknown}.")
     model_input = standardise(image[np.newaxis], statistics)
-    probabilities = keras.ops.convert_to_numpy(model(model_input, training=False))[0]
+    if probabilities is None:
+        scores = keras.ops.convert_to_numpy(model(model_input, training=False))
+        probabilities = calibrate(scores, calibration, names)[0]
     panels = len(selected_labels) + 1
     figure, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6), squeeze=False)
     axes = axes[0]

@@ -9,9 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxr import data
+
+
+# Every image passes through this side before the model's size. The files come at 512, 320 and 256 px,
+# and their size goes with the subset they were taken from (512 px: mostly the No Finding and
+# Pneumonia picks), so resampling each straight to the model's size would leave size-specific traces
+# that a model could learn as a shortcut. 256 is the smallest full-resolution side: nothing is upsampled.
+CANONICAL_SIZE = 256
 
 
 class ImageReadError(ValueError):
@@ -36,8 +43,22 @@ def to_grayscale_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize a uint8 grayscale array to (size, size), antialiased (PIL's bilinear filter widens with the scale)."""
+    if pixels.shape == (size, size):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
+
+
+def to_model_size(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Bring a decoded image to (size, size) by way of CANONICAL_SIZE, whatever size it came in."""
+    return resize(resize(pixels, CANONICAL_SIZE), size)
+
+
 def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
     """Read one image file as a (size, size) uint8 grayscale array (original size if ``size`` is None).
+
+    Resizing goes through ``CANONICAL_SIZE`` first (see ``to_model_size``).
 
     Raises:
         FileNotFoundError: if the file is missing.
@@ -49,12 +70,24 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()  # decode now, so a truncated file fails here and not later
-            pixels = to_grayscale_array(image)
+            # A camera's JPEG stores the sensor's rows and, in EXIF, the turn that puts them upright.
+            pixels = to_grayscale_array(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{path}: not a readable image ({error}).") from error
-    if size is not None and pixels.shape != (size, size):
-        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
-    return pixels
+    return pixels if size is None else to_model_size(pixels, size)
+
+
+def cache_key(frame: pd.DataFrame, data_dir: Path, size: int) -> str:
+    """A digest of the preprocessing and of each file's name, size and modification time, so that a
+    replaced, emptied or removed file is decoded again instead of keeping its old pixels."""
+    lines = [f"{size} px via {CANONICAL_SIZE} px", str(data_dir.resolve())]
+    for _, row in frame.iterrows():
+        try:
+            stat = data.image_path(row, data_dir).stat()
+            lines.append(f"{row['Image']} {stat.st_size} {stat.st_mtime_ns}")
+        except OSError:
+            lines.append(f"{row['Image']} missing")
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def load_images(
@@ -86,8 +119,7 @@ def load_images(
     data_dir = Path(data_dir)
     cache_file = None
     if cache_dir is not None:
-        key = hashlib.sha1(f"{size}\n{data_dir.resolve()}\n".encode() + "\n".join(frame["Image"]).encode())
-        cache_file = Path(cache_dir) / f"images-{size}px-{key.hexdigest()[:16]}.npy"
+        cache_file = Path(cache_dir) / f"images-{size}px-{cache_key(frame, data_dir, size)}.npy"
         if cache_file.is_file():
             return np.load(cache_file), frame
 

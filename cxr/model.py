@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
+import tempfile
 from pathlib import Path
 
 import h5py
 import keras
 import tensorflow as tf
 
+from cxr.pipeline import PER_IMAGE
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 GIT_LFS_POINTER = b"version https://git-lfs"
 LAST_CONV_LAYER = "relu"  # DenseNet121's last convolutional activation, where GradCAM looks
 TRAINING_STATISTICS = "training-statistics"  # a shipped model's "standardisation": the course's way
+MINIMUM_IMAGE_SIZE = 32  # DenseNet121 halves its input five times: smaller inputs leave nothing to pool
 # Training precisions: "auto" picks mixed_bfloat16 where the hardware computes bfloat16 natively.
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
@@ -159,13 +166,30 @@ def _weighted_layer_count(model: keras.Model) -> int:
     return sum(1 for layer in model.layers if layer.weights)
 
 
-def _legacy_weighted_layer_count(path: Path) -> int:
+def _weight_file_layout(path: Path) -> tuple[str, int]:
+    """The suffix Keras reads a weight file's format by, decided from its content, and its number of layers
+    with weights.
+
+    A Keras 2 file (weights only, or a whole model under ``model_weights``) lists its layers in a
+    ``layer_names`` attribute; a Keras 3 ``.weights.h5`` keeps them as groups under ``layers``.
+    """
     with h5py.File(path, "r") as file:
-        group = file["model_weights"] if "layer_names" not in file.attrs and "model_weights" in file else file
-        if "layer_names" not in group.attrs:
-            raise ValueError("no 'layer_names' attribute")
-        names = [name.decode() if isinstance(name, bytes) else name for name in group.attrs["layer_names"]]
-        return sum(1 for name in names if len(group[name].attrs.get("weight_names", [])) > 0)
+        legacy = file["model_weights"] if "layer_names" not in file.attrs and "model_weights" in file else file
+        if "layer_names" in legacy.attrs:
+            names = [name.decode() if isinstance(name, bytes) else name for name in legacy.attrs["layer_names"]]
+            return ".h5", sum(1 for name in names if len(legacy[name].attrs.get("weight_names", [])) > 0)
+        if isinstance(file.get("layers"), h5py.Group):
+            return ".weights.h5", sum(1 for layer in file["layers"].values() if len(layer.get("vars", ())) > 0)
+    raise ValueError("neither a Keras 3 weights file (a 'layers' group) nor a Keras 2 one (a 'layer_names' attribute)")
+
+
+@contextlib.contextmanager
+def _named(path: Path, suffix: str):
+    """``path`` under a name ending in ``suffix``: Keras picks the reader of a weight file by its name alone."""
+    with tempfile.TemporaryDirectory() as folder:
+        link = Path(folder) / f"weights{suffix}"
+        os.symlink(path.resolve(), link)
+        yield link
 
 
 def check_weight_file(path: str | Path) -> Path:
@@ -192,8 +216,9 @@ def load_pretrained_weights(model: keras.Model, path: str | Path) -> keras.Model
 
     Accepted: the project's Keras 3 ``.weights.h5`` (float32 or float16); a legacy Keras 2
     ``.h5``/``.hdf5`` of the same topology (the course's ``pretrained_model.h5``); a DenseNet121
-    "notop" file (the course's ``densenet.hdf5``), which fills the convolutional base and leaves
-    the classifier as initialised.
+    "notop" file in either format (the course's ``densenet.hdf5``), which fills the convolutional
+    base and leaves the classifier as initialised. The format is read from the content, whatever
+    the file's name.
 
     Raises:
         FileNotFoundError, ValueError: naming the file and the format expected.
@@ -201,19 +226,21 @@ def load_pretrained_weights(model: keras.Model, path: str | Path) -> keras.Model
     path = check_weight_file(path)
     expected = _weighted_layer_count(model)
     try:
-        if path.name.endswith(".weights.h5"):
-            model.load_weights(path)
-            return model
-        found = _legacy_weighted_layer_count(path)
-        if found == expected:
-            model.load_weights(path)
-        elif found == expected - 1:
-            # A base without the classifier: load it into a bare DenseNet121 and copy layer by layer.
-            base = keras.applications.DenseNet121(include_top=False, weights=str(path), input_shape=model.input_shape[1:])
-            for source, target in zip(base.layers, model.layers):
-                target.set_weights(source.get_weights())
-        else:
-            raise ValueError(f"it has {found} layers with weights, the model {expected} (or {expected - 1} without the classifier)")
+        suffix, found = _weight_file_layout(path)
+        if found not in (expected, expected - 1):
+            raise ValueError(
+                f"it has {found} layers with weights, the model {expected} (or {expected - 1} without the classifier)"
+            )
+        with _named(path, suffix) as named:
+            if found == expected:
+                model.load_weights(named)
+            else:
+                # A base without the classifier: load it into a bare DenseNet121 and copy layer by layer.
+                base = keras.applications.DenseNet121(
+                    include_top=False, weights=str(named), input_shape=model.input_shape[1:]
+                )
+                for source, target in zip(base.layers, model.layers):
+                    target.set_weights(source.get_weights())
     except (ValueError, KeyError, OSError) as error:
         raise ValueError(
             f"{path} does not match DenseNet121 with {model.output_shape[-1]} outputs: {error}. Expected a "
@@ -249,6 +276,38 @@ def save_weights_float16(model: keras.Model, path: str | Path) -> None:
     full.unlink()
 
 
+def read_model_card(path: str | Path) -> dict:
+    """Read a shipped model's JSON and check the fields that inference needs.
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file and the field, and what to do.
+    """
+    path = Path(path)
+    export = "export the model again with `python export_model.py`"
+    if not path.is_file():
+        raise FileNotFoundError(f"Model card {path} not found: {export}.")
+    try:
+        card = json.loads(path.read_text())
+    except ValueError as error:  # not JSON, or not text
+        raise ValueError(f"{path}: not valid JSON ({error}); {export}.") from error
+    if not isinstance(card, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'labels' and 'image_size'; {export}.")
+    labels = card.get("labels")
+    if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
+        raise ValueError(f"{path}: field 'labels' must be a non-empty list of finding names, got {labels!r}; {export}.")
+    size = card.get("image_size")
+    if type(size) is not int or size < MINIMUM_IMAGE_SIZE:
+        raise ValueError(
+            f"{path}: field 'image_size' must be a whole number of pixels, at least {MINIMUM_IMAGE_SIZE}, "
+            f"got {size!r}; {export}."
+        )
+    try:
+        inference_statistics(card)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}; {export}.") from error
+    return card
+
+
 def load_shipped_model(prefix: str | Path) -> tuple[keras.Model, dict, tuple[float, float] | str]:
     """Build and load a model exported by ``export_model.py`` from ``PREFIX.weights.h5`` and ``PREFIX.json``.
 
@@ -257,17 +316,30 @@ def load_shipped_model(prefix: str | Path) -> tuple[keras.Model, dict, tuple[flo
         inference: the training (mean, std) or ``cxr.pipeline.PER_IMAGE``.
     """
     prefix = Path(prefix)
-    card_path = prefix.with_name(prefix.name + ".json")
-    if not card_path.is_file():
-        raise FileNotFoundError(f"Model card {card_path} not found: export a run with `python export_model.py`.")
-    card = json.loads(card_path.read_text())
+    card = read_model_card(prefix.with_name(prefix.name + ".json"))
     network = build_densenet121(len(card["labels"]), card["image_size"])
     load_pretrained_weights(network, prefix.with_name(prefix.name + ".weights.h5"))
     return network, card, inference_statistics(card)
 
 
 def inference_statistics(card: dict) -> tuple[float, float] | str:
-    """How a shipped model's inputs are standardised: the training (mean, std), or ``"per-image"``."""
-    if card.get("standardisation", TRAINING_STATISTICS) == TRAINING_STATISTICS:
-        return (float(card["normalisation"]["mean"]), float(card["normalisation"]["std"]))
-    return card["standardisation"]
+    """How a shipped model's inputs are standardised: the training (mean, std), or ``"per-image"``.
+
+    Raises:
+        ValueError: naming the field, for an unknown ``standardisation`` or an unusable ``normalisation``.
+    """
+    standardisation = card.get("standardisation", TRAINING_STATISTICS)
+    if standardisation == PER_IMAGE:
+        return PER_IMAGE
+    if standardisation != TRAINING_STATISTICS:
+        raise ValueError(
+            f"field 'standardisation' must be {TRAINING_STATISTICS!r} or {PER_IMAGE!r}, got {standardisation!r}"
+        )
+    normalisation = card.get("normalisation")
+    try:
+        mean, std = float(normalisation["mean"]), float(normalisation["std"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"field 'normalisation' must hold numbers 'mean' and 'std', got {normalisation!r}") from error
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"field 'normalisation' needs a finite 'mean' and a positive 'std', got {normalisation!r}")
+    return (mean, std)

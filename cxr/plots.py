@@ -41,3 +41,29 @@ def plot_image_grid(
         axis.set_title("\n".join(findings) or "No Finding", fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def plot_reliability(
+    truth: np.ndarray, curves: dict[str, np.ndarray], label_names: list[str], bins: int = 10, columns: int = 5
+) -> plt.Figure:
+    """Reliability diagrams, one panel per finding: observed frequency against mean predicted
+    probability in equal-width bins, for each (N, C) array of ``curves`` (e.g. before and after
+    calibration). Points on the diagonal are calibrated."""
+    from cxr.calibration import reliability
+
+    rows = int(np.ceil(len(label_names) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.8 * columns, 2.8 * rows), squeeze=False)
+    for axis in axes.ravel()[len(label_names):]:
+        axis.axis("off")
+    for column, (axis, name) in enumerate(zip(axes.ravel(), label_names)):
+        axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        for curve_name, probabilities in curves.items():
+            predicted, observed, _ = reliability(truth[:, column], probabilities[:, column], bins)
+            axis.plot(predicted, observed, marker="o", markersize=3, linewidth=1.2, label=curve_name)
+        axis.set(xlim=(0, 1), ylim=(0, 1), title=name)
+        axis.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    figure.supxlabel("mean predicted probability")
+    figure.supylabel("observed frequency")
+    figure.tight_layout()
+    return figure

@@ -7,7 +7,9 @@ images, converted to 16-bit PNG and RGB JPEG, and bad files made here.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -18,12 +20,14 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from markdown_it import MarkdownIt
+from PIL import Image, ImageOps
 
 from cxr import app_logic, config
 from cxr.app_logic import COLUMNS, TOP_K, load_predictor, model_files
 from cxr.images import read_image
 from cxr.model import inference_statistics
+from cxr.calibration import calibrate
 from cxr.pipeline import PER_IMAGE, make_dataset
 
 SHIPPED = app_logic.DEFAULT_MODEL
@@ -67,6 +71,11 @@ def with_thresholds(predictor, tmp_path: Path, thresholds: dict) -> app_logic.Pr
     return load_predictor(tmp_path / "thresholded", model=predictor.model)
 
 
+def shown(markdown: str) -> str:
+    """The text a Markdown message shows: rendered as CommonMark, tags removed, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", MarkdownIt("commonmark").render(markdown)))
+
+
 def assert_good_result(result, labels) -> pd.DataFrame:
     table, overlay, message = result
     assert list(table.columns) == COLUMNS
@@ -88,7 +97,7 @@ def assert_error(result, *fragments: str) -> str:
     assert message.startswith("**Error:**")
     assert "Traceback" not in message
     for fragment in fragments:
-        assert fragment in message
+        assert fragment in shown(message)
     return message
 
 
@@ -98,17 +107,25 @@ def assert_error(result, *fragments: str) -> str:
 def test_real_test_image_gives_sorted_probabilities_and_overlays(predictor, test_image, real_result):
     table = assert_good_result(real_result, predictor.labels)
     assert len(table) == 14
-    assert test_image.name in real_result[2]
+    assert f"'{test_image.name}'" in shown(real_result[2])
 
 
-def test_preprocessing_is_the_notebooks(predictor, test_image, real_result):
-    """read_image at the model's size, then the validation/test pipeline with the training statistics."""
-    pixels = read_image(test_image, predictor.image_size)
-    dataset = make_dataset(pixels[np.newaxis], np.zeros((1, 0), np.float32), batch_size=1, training=False,
-                           statistics=predictor.statistics)
-    batch = next(iter(dataset))[0]
-    expected = keras.ops.convert_to_numpy(predictor.model(batch, training=False))[0]
+def test_preprocessing_and_calibration_are_the_notebooks(predictor, test_image, real_result):
+    """read_image at the model's size, the validation pipeline's standardisation, the JSON's test-time
+    flip (the mean of the image's and its mirror image's outputs), then the JSON's calibration."""
+    pixels = read_image(test_image, predictor.image_size)[np.newaxis]
+    settings = predictor.settings
+    views = [pixels, pixels[:, :, ::-1]] if settings.get("test_time_flip") else [pixels]
+    outputs = []
+    for view in views:
+        dataset = make_dataset(view, np.zeros((1, 0), np.float32), batch_size=1, training=False,
+                               statistics=predictor.statistics)
+        outputs.append(keras.ops.convert_to_numpy(predictor.model(next(iter(dataset))[0], training=False))[0])
+    scores = np.mean(outputs, axis=0)[np.newaxis]
+    expected = calibrate(scores, settings.get("calibration"), predictor.labels)[0]
     np.testing.assert_allclose(probabilities_of(real_result[0], predictor.labels), expected, atol=1e-5)
+    if settings.get("calibration"):
+        assert not np.allclose(expected, scores[0], atol=1e-3), "the calibration changed nothing"
 
 
 def test_standardisation_comes_from_the_json(predictor, settings_without_thresholds):
@@ -150,6 +167,54 @@ def test_rgba_png(predictor, test_image, tmp_path):
     path = tmp_path / "alpha.png"
     Image.open(test_image).convert("RGBA").save(path)
     assert_good_result(predictor.diagnose(path), predictor.labels)
+
+
+def test_mpo_jpeg_is_read_as_its_first_frame(predictor, test_image, tmp_path):
+    """A camera's JPEG with a second frame (Pillow calls it MPO): the first frame is the picture."""
+    first = Image.open(test_image).convert("RGB")
+    second = ImageOps.invert(first)
+    path = tmp_path / "camera.jpg"
+    first.save(path, format="MPO", save_all=True, append_images=[second])
+    with Image.open(path) as image:
+        assert (image.format, image.n_frames) == ("MPO", 2)
+    first.save(tmp_path / "first.jpg", format="JPEG")
+    second.save(tmp_path / "second.jpg", format="JPEG")
+    pixels = predictor.read(path)
+    np.testing.assert_array_equal(pixels, predictor.read(tmp_path / "first.jpg"))
+    assert not np.array_equal(pixels, predictor.read(tmp_path / "second.jpg"))
+    assert_good_result(predictor.diagnose(path), predictor.labels)
+
+
+def test_exif_orientation_is_applied(predictor, test_image, tmp_path):
+    """A portrait radiograph photographed sideways: the camera stores it turned a quarter
+    counter-clockwise with EXIF orientation 6 (rotate 90 degrees clockwise to display)."""
+    upright = Image.open(test_image).convert("L").resize((400, 600))
+    upright.save(tmp_path / "upright.png")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation
+    path = tmp_path / "sideways.jpg"
+    stored.save(path, quality=95, exif=exif)
+    stored.save(tmp_path / "sideways-without-exif.jpg", quality=95)
+    expected = predictor.read(tmp_path / "upright.png").astype(float)
+    pixels = predictor.read(path).astype(float)
+    assert np.abs(pixels - expected).mean() < 2.0  # JPEG's loss only
+    assert np.abs(predictor.read(tmp_path / "sideways-without-exif.jpg") - expected).mean() > 20.0
+    assert_good_result(predictor.diagnose(path), predictor.labels)
+
+
+def test_the_file_name_is_shown_literally(predictor, test_image, tmp_path):
+    """Markdown in a file name is escaped, in the result's message and in an error's."""
+    name = "**x**[y](javascript:z).png"
+    path = tmp_path / name
+    shutil.copy(test_image, path)
+    message = predictor.diagnose(path)[2]
+    rendered = MarkdownIt("commonmark").render(message)
+    assert "<a" not in rendered and "<strong>x</strong>" not in rendered
+    assert f"for '{name}'." in shown(message)
+    path.write_text("not an image")
+    message = assert_error(predictor.diagnose(path), f"'{name}' is not an image")
+    assert "<a" not in MarkdownIt("commonmark").render(message)
 
 
 # --- thresholds ------------------------------------------------------------------------------------
@@ -267,6 +332,23 @@ def test_oversized_file(predictor, tmp_path, monkeypatch):
     path = tmp_path / "large.png"
     path.write_bytes(b"\x00" * 2000)
     assert_error(predictor.diagnose(path), "limit")
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (1, 4000), (4000, 1), (63, 500)])
+def test_images_too_small_are_refused(predictor, tmp_path, width, height):
+    path = tmp_path / "tiny.png"
+    noise = np.random.default_rng(0).integers(0, 256, (height, width), dtype=np.uint8)
+    Image.fromarray(noise).save(path)
+    assert_error(predictor.diagnose(path), f"{width} x {height} pixels", "at least 64 pixels")
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_images_without_contrast_are_refused(predictor, tmp_path, value):
+    """A blank frame, all black, grey or white, as PNG and as JPEG."""
+    for suffix in (".png", ".jpg"):
+        path = tmp_path / f"blank{suffix}"
+        Image.new("L", (800, 600), value).save(path)
+        assert_error(predictor.diagnose(path), "no contrast")
 
 
 def test_it_keeps_working_after_bad_uploads(predictor, test_image, tmp_path):

@@ -34,11 +34,15 @@ START_TIMEOUT_S = 240
 RESULT_TIMEOUT_MS = 120_000
 
 # In CI the browser test must run: a missing Chromium fails there instead of skipping.
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.is_file() and not os.environ.get("CI"),
-    reason=f"Debian's chromium is not installed at {CHROMIUM}: `make test` installs it "
-           "(apt-get install chromium), or install it by hand to run the browser tests.",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.is_file() and not os.environ.get("CI"),
+        reason=f"Debian's chromium is not installed at {CHROMIUM}: `make test` installs it "
+               "(apt-get install chromium), or install it by hand to run the browser tests.",
+    ),
+]
 
 
 def free_port() -> int:
@@ -193,6 +197,18 @@ def test_a_non_image_shows_a_message_and_the_app_keeps_serving(open_page, test_i
     upload(page, test_image)
     wait_for_message(page, "Top finding")
     assert len(read_table(page)) == 14
+
+
+def test_markdown_in_a_file_name_is_shown_literally(open_page, test_image, tmp_path):
+    """Gradio removes some characters from an upload's name (here * and :); the rest, a Markdown
+    link, is shown as it is, not as a link."""
+    path = tmp_path / "**x**[y](javascript:z).png"
+    path.write_bytes(test_image.read_bytes())
+    page = open_page()
+    upload(page, path)
+    message = wait_for_message(page, "Top finding")
+    assert "for 'x[y](javascriptz).png'." in message
+    assert page.locator("#message a").count() == 0
 
 
 def test_several_uploads_at_once_are_all_answered(open_page, test_image, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -43,9 +45,79 @@ def test_label_file_without_required_column_names_column_and_file(tmp_path, colu
     assert "broken_labels.csv" in str(caught.value)
 
 
-def test_missing_label_file_raises_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no_such_labels.csv"):
+def test_missing_label_file_says_to_download_it_by_hand_from_the_box_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_labels.csv") as caught:
         data.read_label_file(tmp_path / "no_such_labels.csv")
+    message = str(caught.value)
+    assert "Data_Entry_2017_v2020.csv by hand" in message and "https://nihcc.app.box.com/v/ChestXray-NIHCC" in message
+    assert str(tmp_path) in message
+    assert "download_data.py" not in message  # it cannot fetch the label file
+
+
+def test_empty_patient_id_names_the_line_and_the_field(tmp_path):
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({**HEADER, "Patient ID": [1, None]}).to_csv(path, index=False)
+    with pytest.raises(ValueError) as caught:
+        data.read_label_file(path)
+    message = str(caught.value)
+    assert f"{path} line 3" in message and "empty 'Patient ID'" in message and "00000002_000.png" in message
+
+
+def test_patient_ids_written_as_floats_are_read_as_integers(tmp_path):
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({**HEADER, "Patient ID": [1.0, 2.0]}).to_csv(path, index=False)  # "1.0", "2.0" in the file
+    patients = data.read_label_file(path)["Patient ID"]
+    assert patients.dtype == np.int64 and list(patients) == [1, 2]
+
+
+def test_an_image_listed_twice_names_the_image_and_both_lines(tmp_path):
+    path = tmp_path / "labels.csv"
+    table = pd.DataFrame(HEADER)
+    pd.concat([table, table.iloc[[0]]]).to_csv(path, index=False)
+    with pytest.raises(ValueError) as caught:
+        data.read_label_file(path)
+    message = str(caught.value)
+    assert str(path) in message and "00000001_000.png is listed on lines 2, 4" in message
+
+
+def _gzipped_label_file() -> bytes:
+    table = pd.DataFrame({**HEADER, "Image Index": [f"{i:08d}_000.png" for i in range(2)]})
+    text = "".join(table.to_csv(index=False) for _ in range(300))  # long enough to be cut in the middle
+    return gzip.compress(text.encode())
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        lambda good: good[: len(good) // 2],
+        lambda good: good[:100] + bytes(byte ^ 0xFF for byte in good[100:160]) + good[160:],
+        lambda good: gzip.decompress(good),
+        lambda good: b"",
+    ],
+    ids=["truncated", "corrupt", "not-gzip", "empty"],
+)
+def test_unreadable_gzipped_label_file_is_named(tmp_path, content):
+    path = tmp_path / config.LABEL_FILE
+    path.write_bytes(content(_gzipped_label_file()))
+    with pytest.raises(ValueError, match="not a readable CSV file") as caught:
+        data.read_label_file(path)
+    assert str(path) in str(caught.value) and "Data_Entry_2017_v2020.csv" in str(caught.value)
+
+
+def test_split_file_without_resolution_names_the_file_and_the_column(tmp_path):
+    frame = pd.DataFrame({"Image": ["00000001_000.png"], "PatientId": [1], "Cardiomegaly": [1]})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(ValueError) as caught:
+        data.read_split("train", tmp_path)
+    message = str(caught.value)
+    assert str(tmp_path / "train.csv") in message and "'Resolution'" in message and "split_data.py" in message
+
+
+def test_data_directory_without_images_says_so(tmp_path):
+    pd.DataFrame(HEADER).to_csv(tmp_path / config.LABEL_FILE, index=False)
+    (tmp_path / config.FULL_RESOLUTION_DIR).mkdir()
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no images"):
+        data.build_metadata(tmp_path)
 
 
 # --- findings_to_columns -------------------------------------------------------------------------

@@ -244,6 +244,24 @@ def test_localisation_scores_and_summary(model):
     assert summary.loc["All", "mean IoU"] == pytest.approx((1 + 0 + 16 / 240) / 3)
 
 
+def test_pointing_baselines_are_the_boxs_share_of_the_image_and_whether_it_holds_the_centre():
+    assert gradcam.pointing_baselines((0, 0, 4, 4), 8) == {"random point hit": 0.25, "centre hit": 0.0}
+    assert gradcam.pointing_baselines((2, 2, 4, 4), 8) == {"random point hit": 0.25, "centre hit": 1.0}
+
+
+def test_localisation_summary_puts_the_baselines_beside_the_hit_rate(model):
+    images = np.stack([blob_image(), blob_image()])
+    frame = pd.DataFrame({"Image": ["one.png", "two.png"]})
+    boxes = pd.DataFrame([("one.png", "bright", *BLOB_BOX_1024), ("two.png", "bright", 0.0, 0.0, 512.0, 512.0)],
+                         columns=["Image", "Finding", "x", "y", "w", "h"])  # fmt: skip
+    scores = gradcam.localisation_scores(model, frame, images, STATISTICS, LABELS, boxes)
+    expected = [gradcam.pointing_baselines(row[["x", "y", "w", "h"]], SIZE) for _, row in scores.iterrows()]
+    summary = gradcam.summarise_localisation(scores).loc["All"]
+    assert summary["random point hit rate"] == pytest.approx(np.mean([e["random point hit"] for e in expected]))
+    assert summary["centre hit rate"] == pytest.approx(np.mean([e["centre hit"] for e in expected]))
+    assert 0 < summary["random point hit rate"] < 1
+
+
 def test_localisation_warns_about_findings_the_model_lacks(model):
     boxes = pd.DataFrame([("one.png", "Mass", 0.0, 0.0, 64.0, 64.0)], columns=["Image", "Finding", "x", "y", "w", "h"])
     with pytest.warns(UserWarning, match="Mass"):
@@ -278,3 +296,10 @@ def test_plot_gradcam_returns_a_figure_with_a_panel_per_finding(model):
 def test_plot_gradcam_rejects_unknown_findings(model):
     with pytest.raises(ValueError, match="unknown"):
         gradcam.plot_gradcam(model, blob_image(), STATISTICS, LABELS, ["Mass"])
+
+
+def test_randomisation_check_correlates_a_model_with_itself_and_names_each_image(model):
+    images = np.stack([blob_image(), blob_image()])
+    same = gradcam.randomisation_check(model, model, images, STATISTICS, [0, 0])
+    assert same["class"].tolist() == [0, 0]
+    np.testing.assert_allclose(same["spearman"], 1.0)

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from cxr import config
+from cxr import images as cxr_images
 from cxr.images import ImageReadError, load_images, read_image
 
 SOURCE = "data/train.csv"
@@ -257,7 +258,7 @@ def test_load_images_stacks_resized_uint8_images_in_table_order(tmp_path):
     assert [int(image[0, 0]) for image in images] == values
 
 
-def test_disk_cache_is_written_once_and_reread_without_source_files(tmp_path):
+def test_disk_cache_is_written_once_and_reread_while_the_files_are_unchanged(tmp_path, monkeypatch):
     names = ["00000001_000.png", "00000002_000.png"]
     frame, _ = make_data_dir(tmp_path / "nih", names, side=20)
     cache_dir = tmp_path / "cache"
@@ -266,9 +267,11 @@ def test_disk_cache_is_written_once_and_reread_without_source_files(tmp_path):
     cached = list(cache_dir.glob("*.npy"))
     assert len(cached) == 1
     written_at = cached[0].stat().st_mtime_ns
-    for name in names:
-        (tmp_path / "nih" / config.FULL_RESOLUTION_DIR / name).unlink()
 
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a cached image was decoded again")
+
+    monkeypatch.setattr(cxr_images, "read_image", no_decoding)
     second, second_rows = load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir)
 
     np.testing.assert_array_equal(second, first)
@@ -276,6 +279,37 @@ def test_disk_cache_is_written_once_and_reread_without_source_files(tmp_path):
     assert list(cache_dir.glob("*.npy")) == cached
     assert cached[0].stat().st_mtime_ns == written_at, "the cache was rewritten instead of re-read"
     assert not list(cache_dir.glob("*partial*")), "a temporary file was left behind"
+
+
+def test_a_replaced_file_is_decoded_again_not_served_from_the_cache(tmp_path):
+    frame, values = make_data_dir(tmp_path / "nih", ["a.png", "b.png"], side=20)
+    cache_dir = tmp_path / "cache"
+    load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir)
+    path = tmp_path / "nih" / config.FULL_RESOLUTION_DIR / "b.png"
+    write_png(path, np.full((24, 24), 200, np.uint8))  # same name, new content
+
+    reloaded, _ = load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir)
+
+    assert reloaded[0].min() == reloaded[0].max() == values[0]
+    assert reloaded[1].min() == reloaded[1].max() == 200
+
+
+def test_an_emptied_file_is_reported_not_served_from_the_cache(tmp_path):
+    frame, _ = make_data_dir(tmp_path / "nih", ["a.png"], side=20)
+    cache_dir = tmp_path / "cache"
+    load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir)
+    (tmp_path / "nih" / config.FULL_RESOLUTION_DIR / "a.png").write_bytes(b"")
+
+    with pytest.raises(ImageReadError, match="a.png"):
+        load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir)
+
+
+def test_every_size_is_reached_by_way_of_the_canonical_size(tmp_path):
+    pattern = np.random.default_rng(4).integers(0, 256, (512, 512), dtype=np.uint8)
+    path = write_png(tmp_path / "img.png", pattern)
+    via_canonical = cxr_images.resize(cxr_images.resize(pattern, cxr_images.CANONICAL_SIZE), 64)
+    np.testing.assert_array_equal(read_image(path, size=64), via_canonical)
+    assert not np.array_equal(via_canonical, cxr_images.resize(pattern, 64))
 
 
 def test_disk_cache_is_keyed_by_size(tmp_path):

@@ -5,6 +5,8 @@ Models are built at 32x32 input to stay fast; every weight file is written by th
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -19,6 +21,7 @@ from cxr.model import (
     FusedBatchNormalization,
     build_densenet121,
     load_pretrained_weights,
+    load_shipped_model,
     native_bfloat16,
     resolve_precision,
 )
@@ -99,6 +102,9 @@ def weight_files(tmp_path_factory, source, model4) -> dict[str, Path]:
         "float16": folder / "model-float16.weights.h5",
         "legacy": folder / "model.h5",
         "notop": folder / "densenet-notop.h5",
+        "keras3_notop": folder / "densenet-notop.weights.h5",
+        "keras3_renamed": folder / "shipped-renamed.h5",
+        "legacy_renamed": folder / "legacy-renamed.weights.h5",
         "four_class_keras3": folder / "four.weights.h5",
         "four_class_legacy": folder / "four.h5",
         "unrelated_legacy": folder / "small.h5",
@@ -106,7 +112,11 @@ def weight_files(tmp_path_factory, source, model4) -> dict[str, Path]:
     source.save_weights(files["keras3"])
     _copy_as_float16(files["keras3"], files["float16"])
     source.save(files["legacy"])  # Keras 3 writes the legacy Keras 2 format for a plain ".h5"
-    keras.Model(source.input, source.get_layer(LAST_CONV_LAYER).output).save(files["notop"])
+    base = keras.Model(source.input, source.get_layer(LAST_CONV_LAYER).output)
+    base.save(files["notop"])
+    base.save_weights(files["keras3_notop"])
+    shutil.copy(files["keras3"], files["keras3_renamed"])
+    shutil.copy(files["legacy"], files["legacy_renamed"])
     model4.save_weights(files["four_class_keras3"])
     model4.save(files["four_class_legacy"])
     small = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.Dense(1)])
@@ -311,16 +321,25 @@ def test_legacy_keras2_model_file_gives_identical_predictions(source, weight_fil
     np.testing.assert_array_equal(_predict(target, inputs), source_predictions)
 
 
-def test_notop_file_fills_the_base_and_leaves_the_classifier(source, weight_files):
+@pytest.mark.parametrize("kind", ["notop", "keras3_notop"])
+def test_notop_file_fills_the_base_and_leaves_the_classifier(source, weight_files, kind):
     target = build_densenet121(14, SIZE)
     classifier_before = target.get_layer("predictions").get_weights()
-    load_pretrained_weights(target, weight_files["notop"])
+    load_pretrained_weights(target, weight_files[kind])
     assert [layer.name for layer in target.layers[-2:]] == ["avg_pool", "predictions"]
     _assert_all_equal(_layer_weights(target.layers[:-2]), _layer_weights(source.layers[:-2]))
     _assert_all_equal(target.get_layer("predictions").get_weights(), classifier_before)
     assert not np.array_equal(
         target.get_layer("predictions").get_weights()[0], source.get_layer("predictions").get_weights()[0]
     )
+
+
+@pytest.mark.parametrize("kind", ["keras3_renamed", "legacy_renamed"])
+def test_format_is_read_from_the_content_not_the_file_name(source, weight_files, inputs, source_predictions, kind):
+    target = build_densenet121(14, SIZE)
+    load_pretrained_weights(target, weight_files[kind])
+    _assert_all_equal(_weights(target), _weights(source))
+    np.testing.assert_array_equal(_predict(target, inputs), source_predictions)
 
 
 # --- load_pretrained_weights: errors -----------------------------------------------------------------
@@ -371,3 +390,41 @@ def test_unrelated_model_file_raises_naming_the_layer_counts(model14, weight_fil
     message = str(caught.value)
     assert str(path) in message
     assert "2 layers with weights" in message
+
+
+# --- load_shipped_model ----------------------------------------------------------------------------
+
+CARD = {"labels": list(config.LABELS), "image_size": SIZE, "normalisation": {"mean": 128.0, "std": 60.0},
+        "standardisation": "training-statistics"}  # fmt: skip
+
+
+def _card_without(field: str) -> str:
+    return json.dumps({key: value for key, value in CARD.items() if key != field})
+
+
+CARD_PROBLEMS = {
+    "bad JSON": (json.dumps(CARD)[:-1], "not valid JSON"),
+    "no labels": (_card_without("labels"), "field 'labels' must be a non-empty list"),
+    "no image_size": (_card_without("image_size"), "field 'image_size' must be a whole number of pixels"),
+    "std 0": (json.dumps({**CARD, "normalisation": {"mean": 128.0, "std": 0}}), "field 'normalisation'.*positive 'std'"),
+    "unknown standardisation": (json.dumps({**CARD, "standardisation": "per-batch"}),
+                                "field 'standardisation' must be .*got 'per-batch'"),
+}  # fmt: skip
+
+
+def test_shipped_model_loads_its_weights_and_standardisation(tmp_path, source, weight_files):
+    (tmp_path / "model.json").write_text(json.dumps(CARD))
+    shutil.copy(weight_files["keras3"], tmp_path / "model.weights.h5")
+    network, card, statistics = load_shipped_model(tmp_path / "model")
+    assert card == CARD and statistics == (128.0, 60.0)
+    _assert_all_equal(_weights(network), _weights(source))
+
+
+@pytest.mark.parametrize("problem", CARD_PROBLEMS)
+def test_shipped_model_card_is_checked_naming_the_file_and_the_field(tmp_path, weight_files, problem):
+    text, expected = CARD_PROBLEMS[problem]
+    (tmp_path / "model.json").write_text(text)
+    shutil.copy(weight_files["keras3"], tmp_path / "model.weights.h5")
+    with pytest.raises(ValueError, match=expected) as caught:
+        load_shipped_model(tmp_path / "model")
+    assert str(tmp_path / "model.json") in str(caught.value) and "export_model.py" in str(caught.value)

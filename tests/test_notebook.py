@@ -91,6 +91,7 @@ def output_text(cell) -> str:
     return "".join(parts)
 
 
+@pytest.mark.slow
 def test_solution_passes_and_student_version_fails_the_public_tests(notebook):
     solution_checks = run_exercise_sections(notebook)
     student_checks = run_exercise_sections(make_student_notebook.make_student_version(notebook))

@@ -15,6 +15,8 @@ from cxr import config, data
 SPLIT_COLUMNS = ["Image", *config.LABELS, "PatientId", "ViewPosition", "Resolution"]
 PAIRS = list(itertools.combinations(data.SPLITS, 2))
 
+pytestmark = pytest.mark.data
+
 
 @pytest.fixture(scope="module")
 def nih_dir():

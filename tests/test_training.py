@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -17,7 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from PIL import Image
 
+import train as train_script
 from cxr import config, training
 from cxr.model import build_densenet121, load_pretrained_weights, resolve_precision
 from cxr.training import ResumableCheckpoint, TrainConfig, make_optimizer, make_strategy
@@ -115,6 +118,7 @@ def killed_and_resumed(tmp_path_factory) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_committed_state_and_loadable_best_weights(killed_and_resumed):
     assert killed_and_resumed["kill_returncode"] == -signal.SIGKILL
     state = json.loads((killed_and_resumed["snapshot"] / training.STATE_FILE).read_text())
@@ -128,6 +132,7 @@ def test_sigkill_leaves_committed_state_and_loadable_best_weights(killed_and_res
     assert (snapshot / training.BEST_WEIGHTS).read_bytes() == (snapshot / state["best_weights_file"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_same_command_resumes_and_completes_every_epoch_once(killed_and_resumed):
     resumed, output = killed_and_resumed["resumed"], killed_and_resumed["output"]
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -150,6 +155,7 @@ def test_same_command_resumes_and_completes_every_epoch_once(killed_and_resumed)
     assert (output / training.BEST_WEIGHTS).read_bytes() == (output / state["best_weights_file"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_returns_immediately(killed_and_resumed):
     output = killed_and_resumed["output"]
     log_before = (output / "log.csv").read_text()
@@ -160,6 +166,7 @@ def test_rerunning_a_finished_run_returns_immediately(killed_and_resumed):
     assert (output / "log.csv").read_text() == log_before
 
 
+@pytest.mark.slow
 def test_changed_setting_in_the_same_output_dir_is_refused(killed_and_resumed):
     output = killed_and_resumed["output"]
     config_before = (output / "config.json").read_text()
@@ -172,6 +179,7 @@ def test_changed_setting_in_the_same_output_dir_is_refused(killed_and_resumed):
     assert (output / "config.json").read_text() == config_before
 
 
+@pytest.mark.slow
 def test_run_killed_before_its_summary_writes_it_without_training_more(killed_and_resumed):
     # A kill after the last epoch's state.json but before summary.json leaves exactly this.
     output = killed_and_resumed["output"]
@@ -190,10 +198,10 @@ def test_run_killed_before_its_summary_writes_it_without_training_more(killed_an
 # --- ResumableCheckpoint and atomic writes ------------------------------------------------------------
 
 
-def _tiny_model() -> keras.Model:
+def _tiny_model(optimizer: str | keras.optimizers.Optimizer = "adam") -> keras.Model:
     network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="sigmoid")])
     network.compile(
-        optimizer="adam",
+        optimizer=optimizer,
         loss="binary_crossentropy",
         metrics=[keras.metrics.AUC(multi_label=True, num_labels=3, name="auc")],
     )
@@ -324,6 +332,14 @@ def test_a_run_saved_before_best_weights_were_named_in_the_state_resumes(tmp_pat
     assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 3
 
 
+def test_publishing_the_same_best_weights_again_leaves_no_partial_file(tmp_path):
+    # Every resume publishes the committed best again, usually to the link best.weights.h5 already is.
+    _, state = _checkpoint_after(tmp_path, [0.6])
+    training.publish_best_weights(tmp_path, state)
+    assert not list(tmp_path.glob("partial-*"))
+    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1
+
+
 def test_best_weights_are_copied_where_hard_links_fail(tmp_path, monkeypatch):
     def no_links(*args):
         raise OSError("hard links not supported")
@@ -366,28 +382,44 @@ def test_interrupted_atomic_write_keeps_the_previous_file(tmp_path, monkeypatch)
 
 
 def test_adam_is_the_default_optimizer_with_learning_rate_1e_3():
-    optimizer = make_optimizer(TrainConfig())
+    optimizer = make_optimizer(TrainConfig(), steps_per_epoch=10)
     assert isinstance(optimizer, keras.optimizers.Adam)
     assert float(optimizer.learning_rate) == pytest.approx(1e-3)
 
 
 def test_sgd_uses_momentum_0_9_and_learning_rate_0_01_by_default():
-    optimizer = make_optimizer(TrainConfig(optimizer="sgd"))
+    optimizer = make_optimizer(TrainConfig(optimizer="sgd"), steps_per_epoch=10)
     assert isinstance(optimizer, keras.optimizers.SGD)
     assert optimizer.momentum == pytest.approx(0.9)
     assert float(optimizer.learning_rate) == pytest.approx(0.01)
 
 
 def test_adamw_uses_the_configured_weight_decay_and_learning_rate():
-    optimizer = make_optimizer(TrainConfig(optimizer="adamw", learning_rate=5e-4, weight_decay=0.02))
+    optimizer = make_optimizer(TrainConfig(optimizer="adamw", learning_rate=5e-4, weight_decay=0.02), steps_per_epoch=10)
     assert isinstance(optimizer, keras.optimizers.AdamW)
     assert float(optimizer.learning_rate) == pytest.approx(5e-4)
     assert optimizer.weight_decay == pytest.approx(0.02)
 
 
+def test_cosine_schedule_warms_up_then_decays_to_a_hundredth_of_the_rate():
+    cfg = TrainConfig(schedule="cosine", learning_rate=1e-3, warmup_epochs=2, epochs=10)
+    rate = training.make_learning_rate(cfg, steps_per_epoch=5)
+    at = {step: float(rate(step)) for step in (0, 5, 10, 45, 50)}
+    assert at[0] == pytest.approx(1e-5)
+    assert at[0] < at[5] < at[10] == pytest.approx(1e-3)
+    assert at[10] > at[45] > at[50] == pytest.approx(1e-5)
+    assert training.make_learning_rate(TrainConfig(learning_rate=1e-3), steps_per_epoch=5) == 1e-3
+
+
+def test_weight_averaging_is_kept_by_the_optimizer():
+    optimizer = make_optimizer(TrainConfig(ema_momentum=0.99), steps_per_epoch=10)
+    assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.99)
+    assert not make_optimizer(TrainConfig(), steps_per_epoch=10).use_ema
+
+
 def test_unknown_optimizer_is_rejected_by_name():
     with pytest.raises(ValueError, match="rmsprop"):
-        make_optimizer(TrainConfig(optimizer="rmsprop"))
+        make_optimizer(TrainConfig(optimizer="rmsprop"), steps_per_epoch=10)
 
 
 def test_default_strategy_is_the_current_one():
@@ -412,10 +444,103 @@ def test_config_rejects_unknown_choices_naming_the_setting(setting, value):
         TrainConfig(**{setting: value})
 
 
+@pytest.mark.parametrize(
+    "flag, value, least", [("epochs", 0, 1), ("batch_size", 0, 1), ("image_size", 16, 32), ("early_image_size", 16, 32)]
+)
+def test_config_rejects_counts_and_sizes_that_cannot_train_naming_the_flag(flag, value, least):
+    with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')} must be at least {least}"):
+        TrainConfig(**{flag: value})
+
+
+def test_train_py_refuses_an_impossible_setting_before_loading_anything(capsys):
+    with pytest.raises(SystemExit) as caught:
+        train_script.parse_config(["--image-size", "16"])
+    assert caught.value.code == 2
+    assert "--image-size must be at least 32 (the smallest input DenseNet121 takes), got 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"ema_momentum": 1.0}, "ema_momentum"), ({"ema_momentum": 0.0}, "ema_momentum"),
+     ({"early_epochs": 3}, "early_image_size"), ({"schedule": "step"}, "schedule")],
+)
+def test_config_rejects_impossible_training_recipes(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)
+
+
+def test_progressive_resizing_trains_early_epochs_small_and_the_rest_at_the_image_size():
+    cfg = TrainConfig(image_size=64, early_image_size=32, early_epochs=2, epochs=3, batch_size=4,
+                      rotation=0, zoom=0, shift=0)  # fmt: skip
+    assert [cfg.size_of_epoch(epoch) for epoch in range(3)] == [32, 32, 64]
+    assert cfg.training_sizes == [32, 64]
+    labels = np.zeros((10, 2), np.float32)
+    arrays = {size: (np.zeros((10, size, size), np.uint8), labels, None) for size in (32, 64)}
+    augmentation = training.pipeline.Augmentation(horizontal_flip=False)
+    sides = [int(batch.shape[1]) for batch, _ in training.training_epochs(cfg, arrays, 0, augmentation)]
+    assert sides == [32] * 3 + [32] * 3 + [64] * 3  # 3 batches (4 + 4 + 2 images) per epoch
+    resumed = [int(batch.shape[1]) for batch, _ in training.training_epochs(cfg, arrays, 2, augmentation)]
+    assert resumed == [64] * 3
+
+
+def test_with_weight_averaging_validation_and_best_weights_are_the_average(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (rng.random((32, 3)) > 0.5).astype("float32")
+    network = _tiny_model(keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.9))
+    tracked = {"reduce_lr": keras.callbacks.ReduceLROnPlateau("val_loss"),
+               "early_stopping": keras.callbacks.EarlyStopping("val_loss")}  # fmt: skip
+    state: dict = {}
+    checkpoint = ResumableCheckpoint(tmp_path, "val_loss", tracked, state)
+    history = network.fit(
+        x, y, validation_data=(x, y), epochs=2, batch_size=8, verbose=0,
+        callbacks=[keras.callbacks.SwapEMAWeights(), *tracked.values(), checkpoint],
+    )  # fmt: skip
+    assert state["best_weights_file"] == f"epoch{state['best_epoch']:03d}-average.weights.h5"
+    assert sorted(p.name for p in tmp_path.glob("epoch*")) == sorted({state["weights_file"], state["best_weights_file"]})
+    raw, average = _tiny_model(), _tiny_model()
+    raw.load_weights(tmp_path / state["weights_file"])
+    average.load_weights(tmp_path / "epoch002-average.weights.h5")
+    averages = [keras.ops.convert_to_numpy(v) for v in network.optimizer._model_variables_moving_average]
+    for got, want in zip(average.trainable_weights, averages):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(raw.get_weights()[0], average.get_weights()[0])
+    # The validation loss logged for epoch 2 is the average's, not the raw weights'.
+    assert history.history["val_loss"][-1] == pytest.approx(average.evaluate(x, y, verbose=0)[0], rel=1e-4)
+    assert history.history["val_loss"][-1] != pytest.approx(raw.evaluate(x, y, verbose=0)[0], rel=1e-4)
+
+
 def test_location_and_epoch_changes_are_resumable_other_changes_are_named_with_the_saved_value():
     saved = dataclasses.asdict(TrainConfig(image_size=128))
     assert training.changed_settings(TrainConfig(image_size=128, epochs=3, output_dir="elsewhere", verbose=2), saved) == {}
     assert training.changed_settings(TrainConfig(image_size=224), saved) == {"image_size": 128}
+
+
+@pytest.mark.parametrize("setting", ["data_dir", "split_dir"])
+def test_another_data_or_split_directory_is_not_a_resumable_change(tmp_path, setting):
+    saved = dataclasses.asdict(TrainConfig())
+    assert training.changed_settings(TrainConfig(**{setting: str(tmp_path)}), saved) == {setting: saved[setting]}
+
+
+def test_the_same_directories_given_another_way_are_no_change(tmp_path, monkeypatch):
+    monkeypatch.setenv(config.DATA_DIR_VARIABLE, str(tmp_path))
+    monkeypatch.chdir(config.PROJECT_ROOT)
+    saved = dataclasses.asdict(TrainConfig())  # no --data-dir: $CXR_DATA_DIR
+    assert training.changed_settings(TrainConfig(data_dir=f"{tmp_path}/.", split_dir="data"), saved) == {}
+
+
+def test_a_run_saved_before_the_recipe_settings_existed_resumes_with_their_defaults():
+    saved = dataclasses.asdict(TrainConfig())
+    for name in ("schedule", "early_image_size", "early_epochs", "warmup_epochs", "ema_momentum"):
+        del saved[name]
+    assert training.changed_settings(TrainConfig(), saved) == {}
+    assert training.changed_settings(TrainConfig(schedule="cosine"), saved) == {"schedule": "plateau"}
+
+
+def test_under_a_cosine_schedule_the_epoch_count_cannot_change_on_resume():
+    saved = dataclasses.asdict(TrainConfig(schedule="cosine", epochs=30))
+    assert training.changed_settings(TrainConfig(schedule="cosine", epochs=30), saved) == {}
+    assert training.changed_settings(TrainConfig(schedule="cosine", epochs=40), saved) == {"epochs": 30}
 
 
 def test_a_run_saved_before_the_precision_setting_existed_counts_as_float32():
@@ -423,3 +548,116 @@ def test_a_run_saved_before_the_precision_setting_existed_counts_as_float32():
     del saved["precision"]
     assert training.changed_settings(TrainConfig(precision="float32"), saved) == {}
     assert training.changed_settings(TrainConfig(precision="mixed_bfloat16"), saved) == {"precision": "float32"}
+
+
+# --- train() on a small stand-in for DenseNet121: resumes, bad run directories, a full disk --------------
+
+
+def _small_densenet(num_classes: int, image_size: int | None, weights=None, precision: str = "float32") -> keras.Model:
+    """DenseNet121's input and output, with a model small enough to train in seconds."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="sigmoid")(features))
+
+
+@pytest.fixture
+def small_run(tmp_path, monkeypatch) -> dict:
+    """TrainConfig settings for a run of seconds in tmp_path/run: 8 training and 4 validation images (random
+    80-px PNGs) and the stand-in model, 3 epochs of 2 batches."""
+    monkeypatch.setattr(training.model, "build_densenet121", _small_densenet)
+    # Process-wide and for good: keep it out of the rest of the test session.
+    monkeypatch.setattr(tf.config.experimental, "enable_op_determinism", lambda: None)
+    rng = np.random.default_rng(0)
+    data_dir, split_dir = tmp_path / "nih", tmp_path / "splits"
+    (data_dir / config.FULL_RESOLUTION_DIR).mkdir(parents=True)
+    split_dir.mkdir()
+    rows = []
+    for patient in range(12):
+        name = f"{patient:08d}_000.png"
+        Image.fromarray(rng.integers(0, 256, (80, 80), np.uint8)).save(data_dir / config.FULL_RESOLUTION_DIR / name)
+        findings = {label: int(rng.random() < 0.5) for label in config.LABELS}
+        rows.append({"Image": name, **findings, "PatientId": patient, "ViewPosition": "PA", "Resolution": 80})
+    frame = pd.DataFrame(rows)
+    frame.iloc[:8].to_csv(split_dir / "train.csv", index=False)
+    frame.iloc[8:].to_csv(split_dir / "valid.csv", index=False)
+    return {"output_dir": str(tmp_path / "run"), "data_dir": str(data_dir), "split_dir": str(split_dir),
+            "cache_dir": str(tmp_path / "cache"), "image_size": 32, "batch_size": 4, "epochs": 3, "verbose": 2,
+            "precision": "float32"}  # fmt: skip
+
+
+def _flags(settings: dict) -> list[str]:
+    return [item for name, value in settings.items() for item in ("--" + name.replace("_", "-"), str(value))]
+
+
+@pytest.fixture
+def after_one_epoch(small_run) -> Path:
+    """The small run's directory after its first epoch (it is resumed with ``small_run``)."""
+    training.train(TrainConfig(**{**small_run, "epochs": 1}))
+    output = Path(small_run["output_dir"])
+    assert _read_state(output)["epoch"] == 1
+    return output
+
+
+@pytest.mark.parametrize("setting", ["data_dir", "split_dir"])
+def test_resuming_on_another_data_or_split_directory_is_refused_and_keeps_the_config(
+    small_run, after_one_epoch, tmp_path, setting
+):
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(small_run[setting], elsewhere)  # the same files in another folder
+    config_before = (after_one_epoch / "config.json").read_text()
+    with pytest.raises(ValueError, match=f"other settings.*{setting}.*--output-dir"):
+        training.train(TrainConfig(**{**small_run, setting: str(elsewhere)}))
+    assert (after_one_epoch / "config.json").read_text() == config_before
+    assert _read_state(after_one_epoch)["epoch"] == 1
+
+
+def test_an_empty_data_directory_is_named_rather_than_a_split_row(small_run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"{empty} has no images: neither images/ nor images-64/"):
+        training.train(TrainConfig(**{**small_run, "data_dir": str(empty)}))
+
+
+@pytest.mark.parametrize("lost", ["epoch001.weights.h5", "config.json"])
+def test_resuming_an_incomplete_run_directory_names_what_is_missing(small_run, after_one_epoch, lost):
+    (after_one_epoch / lost).unlink()
+    with pytest.raises(FileNotFoundError) as caught:
+        training.train(TrainConfig(**small_run))
+    message = str(caught.value)
+    assert lost in message and str(after_one_epoch) in message and "epoch 1" in message
+    assert "put" in message and "--output-dir" in message
+
+
+def test_resuming_removes_the_weights_and_partial_files_left_by_a_kill(small_run, after_one_epoch):
+    leftovers = ["epoch007.weights.h5", "epoch007-average.weights.h5", "partial-epoch007.weights.h5",
+                 "partial-best.weights.h5", "state.json.partial", "config.json.partial"]  # fmt: skip
+    for name in leftovers:
+        (after_one_epoch / name).write_bytes(b"left by a kill")
+    training.train(TrainConfig(**small_run))
+    state = _read_state(after_one_epoch)
+    assert state["epoch"] == 3
+    assert sorted(p.name for p in after_one_epoch.glob("*epoch*")) == sorted(
+        {state["weights_file"], state["best_weights_file"]})
+    assert not list(after_one_epoch.glob("*.partial"))
+
+
+def test_a_full_disk_during_a_checkpoint_exits_with_status_1_keeping_the_committed_epoch(
+    small_run, after_one_epoch, monkeypatch, capsys
+):
+    def disk_full(network, path, *args, **kwargs):  # part of the file written, then no space left
+        Path(path).write_bytes(b"\x89HDF\r\n\x1a\n and then nothing")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "save_weights", disk_full)
+        assert train_script.main(_flags(small_run)) == 1
+    error = capsys.readouterr().err
+    assert f"Could not save epoch 2 in {after_one_epoch}" in error and "No space left on device" in error
+    assert "committed state is intact (state.json: epoch 1)" in error and "run the same command" in error
+    assert _read_state(after_one_epoch)["epoch"] == 1
+    assert sorted(p.name for p in after_one_epoch.glob("*epoch*")) == ["epoch001.weights.h5"]
+    assert not list(after_one_epoch.glob("partial-*")) and not list(after_one_epoch.glob("*.partial"))
+    # With space again, the same command carries on from epoch 1.
+    assert train_script.main(_flags(small_run)) == 0
+    assert _read_state(after_one_epoch)["epoch"] == 3
+    assert pd.read_csv(after_one_epoch / "log.csv")["epoch"].tolist() == [0, 1, 2]

@@ -1,0 +1,112 @@
+"""The shipped model from the command line: calibrated probabilities and decisions for image files.
+
+    python predict.py IMAGE_OR_DIR... [--model models/densenet121_cxr14] [--output results.csv] [--gradcam DIR]
+
+Prints, and with --output writes as CSV, one row per image: the file, each finding's calibrated
+probability (column named after the finding) and whether it is at or above the model's validated
+threshold (column ``<finding>_flag``: 1 or 0). A directory stands for the PNG and JPEG files in it.
+--gradcam DIR also writes a GradCAM overlay of each image's top findings to DIR. Files that cannot
+be read are reported by name and skipped; the exit status is 1 if any was, else 0.
+
+The probabilities hold for the prevalences of the data the model was calibrated on (a subset of the
+NIH release, see models/README.md), not for a hospital's. Teaching project, not a diagnostic device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+BATCH_SIZE = 32
+TOP_FINDINGS = 3
+
+
+def image_files(arguments: list[str]) -> list[Path]:
+    """The files named, and the image files inside the directories named, in a stable order."""
+    files = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(path)
+    return files
+
+
+def results_table(names: list[str], probabilities: np.ndarray, thresholds: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """``image``, one probability column per finding, then one ``<finding>_flag`` column (1 at or above the threshold)."""
+    table = pd.DataFrame(probabilities, columns=labels)
+    flags = pd.DataFrame((probabilities >= thresholds).astype(int), columns=[f"{label}_flag" for label in labels])
+    return pd.concat([pd.DataFrame({"image": names}), table, flags], axis=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    parser.add_argument("--model", default="models/densenet121_cxr14", help="the shipped model's prefix")
+    parser.add_argument("--output", type=Path, help="write the results as CSV here")
+    parser.add_argument("--gradcam", type=Path, metavar="DIR", help="write GradCAM overlays of the top findings here")
+    args = parser.parse_args(argv)
+
+    files = image_files(args.inputs)
+    if not files:
+        parser.error(f"no PNG or JPEG files in {args.inputs}")
+
+    # TensorFlow loads only once the arguments are known to be usable.
+    import keras
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cxr import calibration, evaluation, gradcam, images
+    from cxr.model import load_shipped_model
+
+    network, card, statistics = load_shipped_model(args.model)
+    labels, size = card["labels"], card["image_size"]
+    if card.get("calibration") is None:
+        print(f"warning: {args.model} has no calibration: the columns are the network's scores, not probabilities.",
+              file=sys.stderr)  # fmt: skip
+    if not card.get("thresholds"):
+        print(f"warning: {args.model} has no thresholds: every flag is 0.", file=sys.stderr)
+    thresholds = np.array([(card.get("thresholds") or {}).get(label, np.inf) for label in labels])
+
+    names, pixels, failed = [], [], []
+    progress = keras.utils.Progbar(len(files), unit_name="image") if len(files) > BATCH_SIZE else None
+    for position, path in enumerate(files, start=1):
+        try:
+            pixels.append(images.read_image(path, size))
+            names.append(str(path))
+        except (OSError, ValueError) as error:  # missing, unreadable, not an image
+            failed.append(path)
+            print(f"skipped {path}: {error}", file=sys.stderr)
+        if progress is not None:
+            progress.update(position)
+    if pixels:
+        stack = np.stack(pixels)
+        scores = evaluation.predict_probabilities(network, stack, statistics, BATCH_SIZE, verbose=0,
+                                                  flip=card.get("test_time_flip", False))  # fmt: skip
+        probabilities = calibration.calibrate(scores, card.get("calibration"), labels)
+        table = results_table(names, probabilities, thresholds, labels)
+        with pd.option_context("display.max_columns", None, "display.width", 200, "display.precision", 3):
+            print(table.to_string(index=False))
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(args.output, index=False, float_format="%.6f")
+        if args.gradcam:
+            args.gradcam.mkdir(parents=True, exist_ok=True)
+            for position, (name, image, row) in enumerate(zip(names, stack, probabilities), start=1):
+                top = [labels[i] for i in np.argsort(row)[::-1][:TOP_FINDINGS]]
+                figure = gradcam.plot_gradcam(network, image, statistics, labels, top, probabilities=row)
+                # Numbered in the order of the table: a.png and a.jpg, or two folders' a.png, stay apart.
+                figure.savefig(args.gradcam / f"{position:04d}_{Path(name).stem}_gradcam.png", dpi=80, bbox_inches="tight")
+                matplotlib.pyplot.close(figure)
+    print(f"{len(names)} image(s) read, {len(failed)} skipped", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Baselines without the image, paired bootstrap comparisons, and the resampling-trace check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr import baselines, config, data, evaluation, images, shortcuts
+
+# --- paired comparison of mean AUROCs -------------------------------------------------------------
+
+
+def _labels_and_patients(rng, images_count=300, classes=4):
+    truth = (rng.random((images_count, classes)) < 0.3).astype(int)
+    patients = np.repeat(np.arange(images_count // 2), 2)
+    return truth, patients
+
+
+def test_mean_auroc_is_the_mean_of_the_per_class_table_and_its_ci_brackets_it():
+    rng = np.random.default_rng(0)
+    truth, patients = _labels_and_patients(rng)
+    scores = truth + rng.normal(0, 0.8, truth.shape)
+    table = evaluation.compare_mean_auroc(truth, {"model": scores}, patients, n_bootstrap=300)
+    per_class = evaluation.auroc_table(truth, scores, ["a", "b", "c", "d"], n_bootstrap=0)
+    assert table.loc["model", "mean AUROC"] == pytest.approx(evaluation.mean_auroc(per_class))
+    assert table.loc["model", "CI low"] < table.loc["model", "mean AUROC"] < table.loc["model", "CI high"]
+    assert "difference" not in table
+
+
+def test_paired_difference_is_clearly_positive_for_a_better_model_and_zero_against_itself():
+    rng = np.random.default_rng(1)
+    truth, patients = _labels_and_patients(rng)
+    good = truth + rng.normal(0, 0.5, truth.shape)
+    noise = rng.normal(0, 1, truth.shape)
+    table = evaluation.compare_mean_auroc(
+        truth, {"noise": noise, "good": good, "same": noise}, patients, reference="noise", n_bootstrap=300
+    )
+    assert table.loc["good", "difference"] == pytest.approx(table.loc["good", "mean AUROC"] - table.loc["noise", "mean AUROC"])
+    assert table.loc["good", "difference CI low"] > 0.2
+    assert table.loc["same", ["difference", "difference CI low", "difference CI high"]].tolist() == [0, 0, 0]
+
+
+def test_paired_interval_is_narrower_than_the_two_separate_intervals():
+    rng = np.random.default_rng(2)
+    truth, patients = _labels_and_patients(rng)
+    shared = rng.normal(0, 1, truth.shape)
+    first = truth + shared
+    second = truth + shared + rng.normal(0, 0.2, truth.shape)  # the same errors, slightly noisier
+    table = evaluation.compare_mean_auroc(truth, {"first": first, "second": second}, patients, reference="second")
+    paired = table.loc["first", "difference CI high"] - table.loc["first", "difference CI low"]
+    separate = table.loc["first", "CI high"] - table.loc["first", "CI low"]
+    assert paired < separate / 2
+
+
+def test_unknown_reference_is_named():
+    truth = np.array([[0], [1]])
+    with pytest.raises(ValueError, match="'metadata'"):
+        evaluation.compare_mean_auroc(truth, {"model": truth}, reference="metadata")
+
+
+# --- the baselines ------------------------------------------------------------------------------------
+
+
+def _label_file(tmp_path, names):
+    table = pd.DataFrame({
+        "Image Index": names,
+        "Finding Labels": "No Finding",
+        "Follow-up #": [0, 3, 10][: len(names)],
+        "Patient ID": range(1, len(names) + 1),
+        "Patient Age": [30, 60, 90][: len(names)],
+        "Patient Gender": ["M", "F", "M"][: len(names)],
+        "View Position": ["PA", "AP", "AP"][: len(names)],
+    })  # fmt: skip
+    table.to_csv(tmp_path / config.LABEL_FILE, index=False)
+
+
+def test_metadata_features_are_view_follow_up_age_and_sex_in_the_splits_order(tmp_path):
+    names = ["00000001_000.png", "00000002_003.png", "00000003_010.png"]
+    _label_file(tmp_path, names)
+    frame = pd.DataFrame({"Image": [names[2], names[0]]})
+    features = baselines.metadata_features(frame, tmp_path)
+    assert list(features.columns) == list(baselines.METADATA_FEATURES)
+    np.testing.assert_allclose(features.to_numpy(), [[1, np.log(11), 90, 1], [0, 0, 30, 1]])
+
+
+def test_metadata_features_name_images_the_label_file_lacks(tmp_path):
+    _label_file(tmp_path, ["00000001_000.png"])
+    with pytest.raises(ValueError, match="00000099_000.png"):
+        baselines.metadata_features(pd.DataFrame({"Image": ["00000099_000.png"]}), tmp_path)
+
+
+def test_thumbnail_features_are_32x32_images_standardised_one_by_one():
+    pixels = np.random.default_rng(3).integers(0, 256, (5, 64, 64), dtype=np.uint8)
+    features = baselines.thumbnail_features(pixels)
+    assert features.shape == (5, 32 * 32)
+    np.testing.assert_allclose(features.mean(axis=1), 0, atol=1e-9)
+    np.testing.assert_allclose(features.std(axis=1), 1, atol=1e-6)
+
+
+def test_fit_baseline_chooses_the_regularisation_that_scores_best_on_validation():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 20))
+    y = np.stack([(x[:, 0] + rng.normal(0, 1, 400)) > 0, (x[:, 1] + rng.normal(0, 1, 400)) > 0], axis=1).astype(int)
+    fitted, strength = baselines.fit_baseline(x[:300], y[:300], x[300:], y[300:], grid=(1e-6, 1.0))
+    assert strength == 1.0  # 1e-6 shrinks every coefficient to nothing
+    scores = fitted.predict_proba(x[300:])
+    assert scores.shape == (100, 2)
+    assert evaluation.auroc(y[300:, 0], scores[:, 0]) > 0.65
+
+
+# --- resampling traces --------------------------------------------------------------------------------
+
+
+def test_spectrum_features_have_one_value_per_ring_and_no_ring_narrower_than_a_pixel():
+    pixels = np.random.default_rng(5).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    assert shortcuts.spectrum_features(pixels, bins=8).shape == (3, 8)
+    features = shortcuts.spectrum_features(pixels, bins=64)
+    assert features.shape == (3, 16) and np.isfinite(features).all()
+
+
+def test_origin_auroc_finds_blur_and_not_two_halves_of_the_same_images():
+    rng = np.random.default_rng(6)
+    noise = rng.integers(0, 256, (80, 32, 32), dtype=np.uint8)
+    blurred = np.stack([images.resize(images.resize(image, 16), 32) for image in noise[40:]])
+    assert shortcuts.origin_auroc(noise[:40], blurred) > 0.95
+    assert abs(shortcuts.origin_auroc(noise[:40], noise[40:]) - 0.5) < 0.2
+
+
+@pytest.fixture(scope="module")
+def large_originals():
+    """200 of the 512-px training images, decoded at their own size (skips without the data)."""
+    try:
+        root = config.data_dir()
+    except FileNotFoundError as error:
+        pytest.skip(f"NIH data directory not available ({error})")
+    frame = data.read_split("train")
+    frame = frame[frame["Resolution"] == 512].sample(200, random_state=0)
+    return [images.read_image(data.image_path(row, root)) for _, row in frame.iterrows()]
+
+
+def test_after_preprocessing_the_size_an_image_arrived_at_cannot_be_told(large_originals):
+    # The same images arriving at 512 or 320 px, through the project's preprocessing: chance level.
+    project = shortcuts.controlled_origin_auroc(large_originals, lambda x: images.to_model_size(x, 224), 320)
+    assert abs(project - 0.5) < 0.08, project
+    # The check has teeth: a box filter straight to 224 px leaves a trace it finds.
+    straight = shortcuts.controlled_origin_auroc(
+        large_originals, lambda x: np.asarray(Image.fromarray(x).resize((224, 224), Image.BOX)), 320
+    )
+    assert straight > 0.65, straight
+
+
+# --- subgroups and the view shortcut ------------------------------------------------------------------
+
+
+def test_subgroup_mean_auroc_scores_each_subgroup_on_its_own_images():
+    rng = np.random.default_rng(7)
+    truth, patients = _labels_and_patients(rng)
+    view = np.where(np.arange(len(truth)) % 4 < 2, "AP", "PA")  # both images of a patient share the view
+    scores = np.where((view == "PA")[:, np.newaxis], truth + rng.normal(0, 0.3, truth.shape), rng.random(truth.shape))
+    table = evaluation.subgroup_mean_auroc(truth, scores, view, patients, n_bootstrap=200)
+    assert list(table.index) == ["AP", "PA"] and table["images"].tolist() == [150, 150]
+    assert table.loc["PA", "mean AUROC"] > 0.9 and table.loc["AP", "CI low"] < 0.5 < table.loc["AP", "CI high"]
+
+
+def test_view_auroc_finds_scores_that_carry_the_view_and_not_unrelated_ones():
+    rng = np.random.default_rng(8)
+    is_ap = rng.random(400) < 0.4
+    assert shortcuts.view_auroc(rng.normal(size=(400, 3)) + is_ap[:, np.newaxis], is_ap) > 0.8
+    assert abs(shortcuts.view_auroc(rng.normal(size=(400, 3)), is_ap) - 0.5) < 0.1
+
+
+def test_a_subgroup_without_any_computable_finding_gets_nan_not_an_error():
+    truth = np.array([[0, 1], [0, 1], [1, 0], [0, 1]])
+    scores = np.array([[0.1, 0.9], [0.2, 0.8], [0.9, 0.1], [0.3, 0.7]])
+    table = evaluation.subgroup_mean_auroc(truth, scores, np.array(["a", "a", "b", "b"]), n_bootstrap=50)
+    assert np.isnan(table.loc["a", "mean AUROC"]) and np.isnan(table.loc["a", "CI low"])
+    assert table.loc["b", "mean AUROC"] == 1.0
+    with pytest.raises(ValueError, match="3 group ids for 4 images"):
+        evaluation.compare_mean_auroc(truth, {"model": scores}, groups=[1, 2, 3])

@@ -1,0 +1,79 @@
+"""predict.py with the shipped model: calibrated probabilities, flags, CSV, overlays and bad files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import predict
+from cxr import calibration, config, evaluation, images
+from cxr.model import load_shipped_model
+
+MODEL = config.MODEL_DIR / "densenet121_cxr14"
+
+
+@pytest.fixture(scope="module")
+def card():
+    return json.loads(MODEL.with_suffix(".json").read_text())
+
+
+@pytest.fixture
+def folder(tmp_path, test_image):
+    """A folder with two copies of a real test image, a corrupt PNG and a text file that is not an image."""
+    shutil.copy(test_image, tmp_path / "a.png")
+    shutil.copy(test_image, tmp_path / "b.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "notes.txt").write_text("not an image, and not a .png either")
+    return tmp_path
+
+
+def test_csv_has_the_image_then_each_findings_probability_then_its_flag(folder, tmp_path, card, capsys):
+    output = tmp_path / "out" / "results.csv"
+    status = predict.main([str(folder / "a.png"), "--output", str(output)])
+    assert status == 0
+    table = pd.read_csv(output)
+    labels = card["labels"]
+    assert list(table.columns) == ["image", *labels, *[f"{label}_flag" for label in labels]]
+    assert table["image"].tolist() == [str(folder / "a.png")]
+    assert "a.png" in capsys.readouterr().out
+
+
+def test_probabilities_are_the_calibrated_model_outputs_and_flags_follow_the_thresholds(folder, tmp_path, card, test_image):
+    output = tmp_path / "results.csv"
+    predict.main([str(folder / "a.png"), "--output", str(output)])
+    row = pd.read_csv(output).iloc[0]
+    labels = card["labels"]
+
+    network, _, statistics = load_shipped_model(MODEL)
+    pixels = images.read_image(test_image, card["image_size"])[np.newaxis]
+    scores = evaluation.predict_probabilities(network, pixels, statistics, verbose=0, flip=card["test_time_flip"])
+    expected = calibration.calibrate(scores, card["calibration"], labels)[0]
+    np.testing.assert_allclose(row[labels].to_numpy(dtype=float), expected, atol=1e-5)
+    thresholds = np.array([card["thresholds"][label] for label in labels])
+    assert row[[f"{label}_flag" for label in labels]].tolist() == (expected >= thresholds).astype(int).tolist()
+
+
+def test_a_directory_is_its_image_files_and_bad_files_are_named_skipped_and_fail_the_exit_status(folder, tmp_path, capsys):
+    output = tmp_path / "results.csv"
+    status = predict.main([str(folder), "--output", str(output)])
+    assert status == 1
+    assert pd.read_csv(output)["image"].tolist() == [str(folder / "a.png"), str(folder / "b.png")]
+    errors = capsys.readouterr().err
+    assert "broken.png" in errors and "notes.txt" not in errors
+    assert "2 image(s) read, 1 skipped" in errors
+
+
+def test_gradcam_writes_one_overlay_per_image(folder, tmp_path):
+    overlays = tmp_path / "overlays"
+    assert predict.main([str(folder / "a.png"), str(folder / "b.png"), "--gradcam", str(overlays)]) == 0
+    assert sorted(p.name for p in overlays.iterdir()) == ["0001_a_gradcam.png", "0002_b_gradcam.png"]
+
+
+def test_no_image_at_all_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        predict.main([str(tmp_path)])
+    assert stopped.value.code == 2
