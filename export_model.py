@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--destination", type=Path, default=Path("models/densenet121_cxr14"))
     parser.add_argument("--float16", action="store_true", help="store the weights as float16 (half the size)")
+    parser.add_argument("--weights", default=BEST_WEIGHTS,
+                        help=f"which of the run's weight files to export (default {BEST_WEIGHTS}, the best validated epoch)")
     args = parser.parse_args()
 
     run_config, state, normalisation = read_run(args.run_dir)
@@ -84,7 +86,7 @@ def main() -> None:
     split_dir, data_dir = Path(run_config["split_dir"]), config.data_dir(run_config["data_dir"])
     splits = {name: Split(name, split_dir, data_dir, None if name == "train" else size, labels) for name in data.SPLITS}
     network = cxr_model.build_densenet121(len(labels), size)
-    cxr_model.load_pretrained_weights(network, args.run_dir / BEST_WEIGHTS)
+    cxr_model.load_pretrained_weights(network, args.run_dir / args.weights)
 
     # Choices made on the validation split only: standardisation, then test-time flip.
     valid = splits["valid"]
@@ -187,6 +189,7 @@ def main() -> None:
         "exported": datetime.date.today().isoformat(),
         "split_dir": project_relative(split_dir),
         "data_dir": run_config["data_dir"] and project_relative(Path(run_config["data_dir"])),  # None: the default
+        "weights_file": args.weights,
         "best_epoch": state["best_epoch"],
         f"best_{run_config['monitor']}": state["best"],
         "calibration": fitted,

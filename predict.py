@@ -1,6 +1,7 @@
 """The shipped model from the command line: calibrated probabilities and decisions for image files.
 
     python predict.py IMAGE_OR_DIR... [--model models/densenet121_cxr14] [--output results.csv] [--gradcam DIR]
+                      [--thresholds specificity|youden]
 
 Prints, and with --output writes as CSV, one row per image: the file, each finding's calibrated
 probability (column named after the finding) and whether it is at or above the model's validated
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="models/densenet121_cxr14", help="the shipped model's prefix")
     parser.add_argument("--output", type=Path, help="write the results as CSV here")
     parser.add_argument("--gradcam", type=Path, metavar="DIR", help="write GradCAM overlays of the top findings here")
+    parser.add_argument("--thresholds", choices=("specificity", "youden"), default="specificity",
+                        help="the shipped thresholds (90%% specificity on validation) or Youden's J (more findings flagged)")
     args = parser.parse_args(argv)
 
     files = image_files(args.inputs)
@@ -70,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if card.get("calibration") is None:
         print(f"warning: {args.model} has no calibration: the columns are the network's scores, not probabilities.",
               file=sys.stderr)  # fmt: skip
-    if not card.get("thresholds"):
-        print(f"warning: {args.model} has no thresholds: every flag is 0.", file=sys.stderr)
-    thresholds = np.array([(card.get("thresholds") or {}).get(label, np.inf) for label in labels])
+    chosen = card.get("thresholds" if args.thresholds == "specificity" else "thresholds_youden") or {}
+    if not chosen:
+        print(f"warning: {args.model} has no {args.thresholds} thresholds: every flag is 0.", file=sys.stderr)
+    thresholds = np.array([chosen.get(label, np.inf) for label in labels])
 
     names, pixels, failed = [], [], []
     progress = keras.utils.Progbar(len(files), unit_name="image") if len(files) > BATCH_SIZE else None

@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import resource
-import statistics as stats
 import subprocess
 import sys
 import time

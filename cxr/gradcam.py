@@ -50,7 +50,10 @@ def _gradient_function(model: keras.Model, layer_name: str):
         raise ValueError(f"The model has no layer {layer_name!r} to take GradCAM from.") from error
     gradient_model = keras.Model(model.inputs, [layer.output, model.output])
 
+    # No Python control flow inside: AutoGraph has nothing to convert, and converting this closure
+    # for a second model prints a "closure mismatch" warning.
     @tf.function(reduce_retracing=True)
+    @tf.autograph.experimental.do_not_convert
     def maps_and_gradients(batch: tf.Tensor, class_index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             feature_maps, predictions = gradient_model(batch, training=False)

@@ -23,7 +23,7 @@ import pytest
 from markdown_it import MarkdownIt
 from PIL import Image, ImageOps
 
-from cxr import app_logic, config
+from cxr import app_logic
 from cxr.app_logic import COLUMNS, TOP_K, load_predictor, model_files
 from cxr.images import read_image
 from cxr.model import inference_statistics

@@ -9,16 +9,10 @@ images/app_screenshot.png, the screenshot of the README, instead.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
+from conftest import running_app
 
 from cxr import config
 
@@ -30,7 +24,6 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-START_TIMEOUT_S = 240
 RESULT_TIMEOUT_MS = 120_000
 
 # In CI the browser test must run: a missing Chromium fails there instead of skipping.
@@ -45,46 +38,12 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`python app.py --port N` on a free port; yields its URL once it serves the page."""
-    folder = tmp_path_factory.mktemp("app")
-    log_path = folder / "app.log"
-    port = free_port()
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(folder / "uploads"), PYTHONUNBUFFERED="1")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT,
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not serve {url} within {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_app(tmp_path_factory.mktemp("app")) as (url, _, log_path):
+        yield url + "/"
     log = log_path.read_text()
     assert "Traceback" not in log, f"the server logged an exception:\n{log[-3000:]}"
 

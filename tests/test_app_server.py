@@ -6,7 +6,6 @@ disk, responses name no server path, and a taken --port is reported before the m
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -16,21 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import running_app
 
 import app
 from cxr.app_logic import MAX_FILE_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 240
 FOREIGN_ORIGINS = ["http://evil.example", "null", "https://127.0.0.1"]
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -47,34 +40,8 @@ class Server:
 def server(tmp_path_factory):
     """`python app.py --port N` on a free port, its uploads in a folder of its own."""
     folder = tmp_path_factory.mktemp("app")
-    log_path = folder / "app.log"
-    port = free_port()
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(folder / "uploads"), PYTHONUNBUFFERED="1")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], cwd=ROOT,
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not serve {url} within {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with running_app(folder) as (url, port, _):
         yield Server(url, port, folder / "uploads")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def upload(client: httpx.Client, name: str, data: bytes, **headers) -> httpx.Response:

@@ -67,6 +67,18 @@ def test_a_directory_is_its_image_files_and_bad_files_are_named_skipped_and_fail
     assert "2 image(s) read, 1 skipped" in errors
 
 
+def test_youden_thresholds_are_an_option(folder, tmp_path, card):
+    flags = {}
+    for rule in ("specificity", "youden"):
+        output = tmp_path / f"{rule}.csv"
+        predict.main([str(folder / "a.png"), "--output", str(output), "--thresholds", rule])
+        row = pd.read_csv(output).iloc[0]
+        chosen = card["thresholds" if rule == "specificity" else "thresholds_youden"]
+        expected = [int(row[label] >= chosen[label]) for label in card["labels"]]
+        flags[rule] = row[[f"{label}_flag" for label in card["labels"]]].tolist()
+        assert flags[rule] == expected
+
+
 def test_gradcam_writes_one_overlay_per_image(folder, tmp_path):
     overlays = tmp_path / "overlays"
     assert predict.main([str(folder / "a.png"), str(folder / "b.png"), "--gradcam", str(overlays)]) == 0
