@@ -18,6 +18,20 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+@pytest.fixture(scope="session")
+def nih_dir() -> Path:
+    """The NIH data directory with its label file (skips the test where it is absent)."""
+    from cxr import config
+
+    try:
+        root = config.data_dir()
+    except FileNotFoundError as error:
+        pytest.skip(f"NIH data directory not available ({error})")
+    if not (root / config.LABEL_FILE).is_file():
+        pytest.skip(f"NIH label file {root / config.LABEL_FILE} not available")
+    return root
+
+
 @pytest.fixture(scope="module")
 def test_image() -> Path:
     """The first full-resolution image of the committed test split (skips if the NIH data is absent)."""

@@ -19,17 +19,6 @@ pytestmark = pytest.mark.data
 
 
 @pytest.fixture(scope="module")
-def nih_dir():
-    try:
-        root = config.data_dir()
-    except FileNotFoundError as error:
-        pytest.skip(f"NIH data directory not available ({error})")
-    if not (root / config.LABEL_FILE).is_file():
-        pytest.skip(f"NIH label file {root / config.LABEL_FILE} not available")
-    return root
-
-
-@pytest.fixture(scope="module")
 def splits():
     try:
         return {name: data.read_split(name) for name in data.SPLITS}
