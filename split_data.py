@@ -35,10 +35,16 @@ def main() -> None:
     files = {output / f"{name}.csv": frame.to_csv(index=False) for name, frame in splits.items()}
     files[output / "split_summary.csv"] = summary.to_csv()
     output.mkdir(parents=True, exist_ok=True)
-    for path, text in files.items():
-        path.with_name(path.name + ".partial").write_text(text)
-    for path in files:
-        os.replace(path.with_name(path.name + ".partial"), path)
+    partials = {path: path.with_name(path.name + ".partial") for path in files}
+    try:
+        for path, text in files.items():
+            partials[path].write_text(text)
+    except BaseException:
+        for partial in partials.values():
+            partial.unlink(missing_ok=True)
+        raise
+    for path, partial in partials.items():
+        os.replace(partial, path)
     print(summary.to_string())
 
 
