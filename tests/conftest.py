@@ -33,16 +33,12 @@ def nih_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def test_image() -> Path:
+def test_image(nih_dir) -> Path:
     """The first full-resolution image of the committed test split (skips if the NIH data is absent)."""
     from cxr import config, data
 
-    try:
-        data_dir = config.data_dir()
-    except FileNotFoundError as error:
-        pytest.skip(f"NIH data directory not available ({error})")
     frame = pd.read_csv(config.SPLIT_DIR / "test.csv")
-    path = data_dir / config.FULL_RESOLUTION_DIR / frame.loc[~data.is_low_resolution(frame), "Image"].iloc[0]
+    path = nih_dir / config.FULL_RESOLUTION_DIR / frame.loc[~data.is_low_resolution(frame), "Image"].iloc[0]
     if not path.is_file():
         pytest.skip(f"test image {path} not available")
     return path
