@@ -23,7 +23,8 @@ import numpy as np
 
 from cxr import baselines, calibration, config, data, evaluation, images, pipeline
 from cxr import model as cxr_model
-from cxr.training import BEST_WEIGHTS, LOCATION_SETTINGS, NORMALISATION_FILE, STATE_FILE, atomic_write_text
+from cxr.training import (BEST_WEIGHTS, LOCATION_SETTINGS, NORMALISATION_FILE, STATE_FILE, TrainConfig,
+                          atomic_write_text, split_rows)
 
 FLOAT16_TOLERANCE = 0.002  # largest mean-AUROC loss accepted for half-precision weights
 SPECIFICITY = 0.90  # the shipped thresholds: each finding flags at most 10% of validation negatives
@@ -152,9 +153,7 @@ def main() -> None:
 
     # Calibration and thresholds, fitted on the validation split; thresholds apply to calibrated probabilities.
     # The prevalences the loss was weighted with: those of the rows training used.
-    train_rows = splits["train"].frame
-    if not run_config["use_low_resolution"]:
-        train_rows = train_rows[~data.is_low_resolution(train_rows)]
+    train_rows = split_rows(TrainConfig(**run_config), "train")
     positive_frequencies, _ = data.compute_class_freqs(data.label_matrix(train_rows, labels))
     fitted = calibration.fit_calibration(scores["valid"], splits["valid"].truth, positive_frequencies, labels)
     probabilities = {split: calibration.calibrate(scores[split], fitted, labels) for split in scores}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -333,15 +334,20 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def load_split_arrays(cfg: TrainConfig, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Images (N, S, S) uint8 at ``size`` (default ``image_size``), labels (N, C) and rows of one split,
-    honouring ``limit`` and the 64-px switch."""
+def split_rows(cfg: TrainConfig, split: str) -> pd.DataFrame:
+    """The rows of one split that the run uses, honouring ``limit`` and the 64-px switch."""
     frame = data.read_split(split, cfg.split_dir)
     if split == "train" and not cfg.use_low_resolution:
         frame = frame[~data.is_low_resolution(frame)]
     if cfg.limit:
         frame = frame.head(cfg.limit)
-    frame = frame.reset_index(drop=True)
+    return frame.reset_index(drop=True)
+
+
+def load_split_arrays(cfg: TrainConfig, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Images (N, S, S) uint8 at ``size`` (default ``image_size``), labels (N, C) and rows of one split,
+    honouring ``limit`` and the 64-px switch."""
+    frame = split_rows(cfg, split)
     root = config.data_dir(cfg.data_dir)
     pixels, frame = images.load_images(
         frame, root, size or cfg.image_size, source=f"{cfg.split_dir}/{split}.csv", cache_dir=cfg.cache_dir
@@ -354,15 +360,10 @@ def training_epochs(
 ) -> tf.data.Dataset:
     """One dataset for the epochs from ``first_epoch`` on, each epoch at its size (progressive resizing):
     ``steps_per_epoch`` batches per epoch, reshuffled every epoch."""
-    stages = []
-    for epoch in range(first_epoch, cfg.epochs):
-        size = cfg.size_of_epoch(epoch)
-        if stages and stages[-1][0] == size:
-            stages[-1][1] += 1
-        else:
-            stages.append([size, 1])
+    # Consecutive epochs of one size make one stage; a finished run gets an empty stage list.
+    stages = [(size, len(list(group))) for size, group in itertools.groupby(range(first_epoch, cfg.epochs), cfg.size_of_epoch)]
     epochs = None
-    for size, count in stages or [[cfg.image_size, 1]]:
+    for size, count in stages or [(cfg.image_size, 1)]:
         pixels, labels, _ = arrays[size]
         stage = pipeline.make_dataset(
             pixels, labels, cfg.batch_size, training=True, augmentation=augmentation, seed=cfg.seed + size
