@@ -88,14 +88,9 @@ def calibrate(scores: np.ndarray, calibration: dict | None, labels: Sequence[str
 def expected_calibration_error(truth: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE of one class: the image-weighted mean gap between mean probability and observed frequency,
     over ``bins`` equal-width probability bins (Guo et al., ICML 2017)."""
-    truth, probabilities = np.asarray(truth, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
-    which = np.minimum((probabilities * bins).astype(int), bins - 1)
-    error = 0.0
-    for index in range(bins):
-        inside = which == index
-        if inside.any():
-            error += inside.mean() * abs(probabilities[inside].mean() - truth[inside].mean())
-    return float(error)
+    predicted, observed, counts = reliability(truth, probabilities, bins)
+    filled = counts > 0
+    return float(np.sum(counts[filled] / counts.sum() * np.abs(predicted[filled] - observed[filled])))
 
 
 def reliability(truth: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
