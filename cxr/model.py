@@ -30,6 +30,7 @@ def build_densenet121(
     weights: str | Path | None = None,
     precision: str = "float32",
     fuse_batch_norm: bool = True,
+    dropout: float = 0.0,
 ) -> keras.Model:
     """DenseNet121 features, global average pooling and one sigmoid output per finding.
 
@@ -45,6 +46,8 @@ def build_densenet121(
             float32 weights (the saved weights stay float32), with the sigmoid head in float32.
         fuse_batch_norm: compute batch normalisation as one fused op (``FusedBatchNormalization``);
             False gives Keras' own layers, as in the course (same weights, same results, slower).
+        dropout: rate of a dropout layer between the pooled features and the head (training only;
+            it holds no weights, so the weight files are the same with or without it).
     """
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(resolve_precision(precision))
@@ -55,6 +58,8 @@ def build_densenet121(
             input_tensor=keras.Input((image_size, image_size, 3), name="image"),
         )
         features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
+        if dropout:
+            features = keras.layers.Dropout(dropout, name="head_dropout")(features)
         outputs = keras.layers.Dense(num_classes, activation="sigmoid", name="predictions", dtype="float32")(features)
         network = keras.Model(base.inputs[0], outputs, name="densenet121_cxr")
         return fuse_batch_norms(network) if fuse_batch_norm else network

@@ -37,7 +37,10 @@ LOCATION_SETTINGS = ("output_dir", "data_dir", "split_dir", "cache_dir", "verbos
 # train and select the rest of the run on other images.
 RESUMABLE_CHANGES = ("output_dir", "cache_dir", "verbose", "epochs")
 # Settings added after runs were saved without them: the value those runs used.
-EARLIER_DEFAULTS = {"precision": "float32", "schedule": "plateau", "early_epochs": 0, "warmup_epochs": 0}
+EARLIER_DEFAULTS = {
+    "precision": "float32", "schedule": "plateau", "early_epochs": 0, "warmup_epochs": 0,
+    "label_smoothing": 0.0, "dropout": 0.0,
+}
 # Counters of Keras' callbacks that must survive a restart.
 CALLBACK_STATE = {
     "reduce_lr": ("wait", "cooldown_counter", "best"),
@@ -71,6 +74,8 @@ class TrainConfig:
     # Weight averaging: validate, select and ship an exponential moving average of the weights
     # (e.g. 0.998, about the last 500 steps); None trains and ships the weights themselves.
     ema_momentum: float | None = None
+    label_smoothing: float = 0.0  # targets y * (1 - s) + s / 2 in the weighted loss
+    dropout: float = 0.0  # dropout rate before the 14-sigmoid head
     monitor: str = "val_auc"  # val_auc (higher is better) or val_loss
     reduce_lr_patience: int = 3
     early_stopping_patience: int = 8
@@ -110,6 +115,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
             raise ValueError(f"ema_momentum must lie between 0 and 1, got {self.ema_momentum}.")
+        for name in ("label_smoothing", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}.")
         if self.early_epochs and not self.early_image_size:
             raise ValueError("early_epochs needs early_image_size (the size of those epochs).")
         # Checked here so that train.py stops at once, not after loading every image.
@@ -474,12 +482,13 @@ def train(cfg: TrainConfig) -> dict:
             None if len(cfg.training_sizes) > 1 else cfg.image_size,
             "imagenet" if cfg.initial_weights == "imagenet" else None,
             precision=precision,
+            dropout=cfg.dropout,
         )
         if cfg.initial_weights not in (None, "imagenet") and not state:
             model.load_pretrained_weights(network, cfg.initial_weights)
         network.compile(
             optimizer=make_optimizer(cfg, steps_per_epoch),
-            loss=losses.get_weighted_loss(negative_frequencies, positive_frequencies),
+            loss=losses.get_weighted_loss(negative_frequencies, positive_frequencies, label_smoothing=cfg.label_smoothing),
             metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(cfg.label_names), name="auc")],
         )
         if state:

@@ -51,6 +51,16 @@ def test_weighted_loss_uses_its_epsilon(epsilon):
     assert value == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
+@pytest.mark.parametrize("smoothing", [0.1, 0.3])
+def test_label_smoothing_moves_every_target_towards_one_half(smoothing):
+    y_true, y_pred, pos_weights, neg_weights = random_case(5)
+    value = float(losses.get_weighted_loss(pos_weights, neg_weights, label_smoothing=smoothing)(y_true, y_pred))
+    smoothed = y_true * (1 - smoothing) + smoothing / 2
+    expected = numpy_weighted_loss(smoothed, y_pred, pos_weights, neg_weights)
+    assert value == pytest.approx(expected, rel=1e-5)
+    assert value != pytest.approx(numpy_weighted_loss(y_true, y_pred, pos_weights, neg_weights), rel=1e-3)
+
+
 @pytest.mark.parametrize(
     "y_pred_of",
     [lambda y: y, lambda y: 1 - y, lambda y: np.zeros_like(y), lambda y: np.ones_like(y)],

@@ -281,6 +281,18 @@ def test_densenet_uses_fused_batch_norm_and_reads_weights_saved_from_plain_keras
     np.testing.assert_allclose(_predict(network, inputs), _predict(plain, inputs), atol=1e-5)
 
 
+def test_dropout_before_the_head_trains_only_and_shares_the_weight_files(tmp_path, inputs):
+    dropped = build_densenet121(len(config.LABELS), SIZE, dropout=0.5)
+    assert dropped.get_layer("head_dropout").rate == 0.5
+    _perturb(dropped, seed=5)
+    dropped.save_weights(tmp_path / "dropout.weights.h5")
+    plain = load_pretrained_weights(build_densenet121(len(config.LABELS), SIZE), tmp_path / "dropout.weights.h5")
+    _assert_all_equal(_weights(plain), _weights(dropped))
+    np.testing.assert_allclose(_predict(plain, inputs), _predict(dropped, inputs), atol=1e-6)  # inference: no dropout
+    features = keras.Model(dropped.input, dropped.get_layer("head_dropout").output)
+    assert not np.allclose(features(inputs, training=True), features(inputs, training=False))
+
+
 def test_input_size_is_configurable():
     network = build_densenet121(3, image_size=64)
     assert network.input_shape == (None, 64, 64, 3)
