@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import predict
-from cxr import calibration, config, evaluation, images
-from cxr.model import load_shipped_model
+from cxr import calibration, config, images
+from cxr.inference import ShippedModel, predict as predict_scores
 
 MODEL = config.MODEL_DIR / "densenet121_cxr14"
 
@@ -48,9 +48,9 @@ def test_probabilities_are_the_calibrated_model_outputs_and_flags_follow_the_thr
     row = pd.read_csv(output).iloc[0]
     labels = card["labels"]
 
-    network, _, statistics = load_shipped_model(MODEL)
+    shipped = ShippedModel.load(MODEL)
     pixels = images.read_image(test_image, card["image_size"])[np.newaxis]
-    scores = evaluation.predict_probabilities(network, pixels, statistics, verbose=0, flip=card["test_time_flip"])
+    scores = predict_scores(shipped.model, pixels, shipped.statistics, verbose=0, flip=card["test_time_flip"])
     expected = calibration.calibrate(scores, card["calibration"], labels)[0]
     np.testing.assert_allclose(row[labels].to_numpy(dtype=float), expected, atol=1e-5)
     thresholds = np.array([card["thresholds"][label] for label in labels])
