@@ -45,16 +45,16 @@ EPSILON = 1e-7
 
 def check_standardisation(statistics: Standardisation) -> Standardisation:
     """``statistics`` if usable: ``PER_IMAGE``, or (mean, std) with a finite mean and a positive std."""
-    if isinstance(statistics, str):
-        if statistics != PER_IMAGE:
-            raise ValueError(f"statistics must be (mean, std) or {PER_IMAGE!r}, got {statistics!r}.")
+    if isinstance(statistics, str) and statistics == PER_IMAGE:
         return statistics
     try:
-        mean, std = (float(value) for value in statistics)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"statistics must be (mean, std) with std > 0 or {PER_IMAGE!r}, got {statistics!r}.") from error
-    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-        raise ValueError(f"statistics must be (mean, std) with std > 0 or {PER_IMAGE!r}, got {statistics!r}.")
+        mean, std = (float(value) for value in statistics) if not isinstance(statistics, str) else (None, None)
+        usable = math.isfinite(mean) and math.isfinite(std) and std > 0
+    except (TypeError, ValueError):  # not a pair of numbers
+        usable = False
+    if not usable:
+        raise ValueError(f"statistics must be (mean, std) with a finite mean and std > 0, or {PER_IMAGE!r}; "
+                         f"got {statistics!r}.")
     return statistics
 
 
