@@ -12,7 +12,8 @@ import pytest
 import predict
 from cxr import calibration, config, images
 from cxr.images import read_image
-from cxr.inference import ShippedModel, predict as predict_scores
+from cxr.inference import ShippedModel
+from cxr.inference import predict as predict_scores
 
 MODEL = config.MODEL_DIR / "densenet121_cxr14"
 
