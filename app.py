@@ -45,7 +45,7 @@ from cxr.app_logic import (  # noqa: E402
     Predictor,
     load_predictor,
 )
-from cxr.pipeline import PER_IMAGE  # noqa: E402
+from cxr.inference import PER_IMAGE  # noqa: E402
 
 HOST = "127.0.0.1"
 LOCAL_NAMES = (HOST, "localhost")

@@ -16,15 +16,15 @@ precision, which is refused if it costs 0.002 mean AUROC or more on either split
 import argparse
 import datetime
 import json
-import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from cxr import baselines, calibration, config, data, evaluation, images, pipeline
+from cxr import baselines, calibration, config, data, evaluation, images
 from cxr import model as cxr_model
-from cxr.training import (BEST_WEIGHTS, LOCATION_SETTINGS, NORMALISATION_FILE, STATE_FILE, TrainConfig,
-                          atomic_write_text, split_rows)
+from cxr.inference import PER_IMAGE, TRAINING_STATISTICS, ShippedModel, predict
+from cxr.training import BEST_WEIGHTS, LOCATION_SETTINGS, NORMALISATION_FILE, STATE_FILE, TrainConfig, split_rows
 
 FLOAT16_TOLERANCE = 0.002  # largest mean-AUROC loss accepted for half-precision weights
 SPECIFICITY = 0.90  # the shipped thresholds: each finding flags at most 10% of validation negatives
@@ -92,34 +92,31 @@ def main() -> None:
     # Choices made on the validation split only: standardisation, then test-time flip.
     valid = splits["valid"]
     candidates = {
-        cxr_model.TRAINING_STATISTICS: (normalisation["mean"], normalisation["std"]),
-        pipeline.PER_IMAGE: pipeline.PER_IMAGE,
+        TRAINING_STATISTICS: (normalisation["mean"], normalisation["std"]),
+        PER_IMAGE: PER_IMAGE,
     }
     by_standardisation = {
-        name: valid.mean_auroc(evaluation.predict_probabilities(network, valid.pixels, statistics, verbose=0))
+        name: valid.mean_auroc(predict(network, valid.pixels, statistics, verbose=0))
         for name, statistics in candidates.items()
     }
     standardisation = max(by_standardisation, key=by_standardisation.get)
     statistics = candidates[standardisation]
     by_flip = {
-        flip: valid.mean_auroc(evaluation.predict_probabilities(network, valid.pixels, statistics, verbose=0, flip=flip))
+        flip: valid.mean_auroc(predict(network, valid.pixels, statistics, verbose=0, flip=flip))
         for flip in (False, True)
     }
     flip = by_flip[True] > by_flip[False]
     print(f"validation mean AUROC by standardisation {by_standardisation}, by test-time flip {by_flip}")
 
-    weights_path = args.destination.with_name(args.destination.name + ".weights.h5")
-    # Written beside the destination and renamed at the end: a reader never sees a half-written file.
-    partial = weights_path.with_name("partial-" + weights_path.name)
-    if args.float16:
-        cxr_model.save_weights_float16(network, partial)
-        shipped = cxr_model.load_pretrained_weights(cxr_model.build_densenet121(len(labels), size), partial)
-    else:
-        network.save_weights(partial)
-        shipped = network
+    shipped = network
+    if args.float16:  # score the weights as they will be read back: stored in half precision
+        with tempfile.TemporaryDirectory() as folder:
+            half = Path(folder) / "half.weights.h5"
+            cxr_model.save_weights_float16(network, half)
+            shipped = cxr_model.load_pretrained_weights(cxr_model.build_densenet121(len(labels), size), half)
 
     def score(net, split):
-        return evaluation.predict_probabilities(net, splits[split].pixels, statistics, verbose=0, flip=flip)
+        return predict(net, splits[split].pixels, statistics, verbose=0, flip=flip)
 
     scores = {split: score(shipped, split) for split in ("valid", "test")}
     if args.float16:
@@ -127,7 +124,6 @@ def main() -> None:
                 for split in scores}  # fmt: skip
         print(f"mean AUROC lost by float16 weights: {loss}")
         if max(loss.values()) >= FLOAT16_TOLERANCE:
-            partial.unlink()
             raise SystemExit(f"float16 loses {loss} mean AUROC: export without --float16.")
 
     baseline_scores = baselines.baseline_scores({name: split.frame for name, split in splits.items()}, data_dir,
@@ -203,9 +199,7 @@ def main() -> None:
     }
     if args.float16:
         card["float16_mean_auroc_loss"] = {split: round(value, 5) for split, value in loss.items()}
-    card_path = args.destination.with_name(args.destination.name + ".json")
-    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
-    os.replace(partial, weights_path)
+    card_path, weights_path = ShippedModel(network, card).save(args.destination, float16=args.float16)
     print(f"wrote {weights_path} and {card_path}")
 
 

@@ -65,49 +65,56 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from cxr import calibration, evaluation, gradcam, images
-    from cxr.model import load_shipped_model
+    from cxr import gradcam, images
+    from cxr.inference import ShippedModel
 
-    network, card, statistics = load_shipped_model(args.model)
-    labels, size = card["labels"], card["image_size"]
-    if card.get("calibration") is None:
+    shipped = ShippedModel.load(args.model)
+    labels, size = shipped.labels, shipped.image_size
+    if shipped.calibration is None:
         print(f"warning: {args.model} has no calibration: the columns are the network's scores, not probabilities.",
               file=sys.stderr)  # fmt: skip
-    chosen = card.get("thresholds" if args.thresholds == "specificity" else "thresholds_youden") or {}
+    chosen = shipped.thresholds_for(args.thresholds) or {}
     if not chosen:
         print(f"warning: {args.model} has no {args.thresholds} thresholds: every flag is 0.", file=sys.stderr)
     thresholds = np.array([chosen.get(label, np.inf) for label in labels])
 
-    names, pixels, failed = [], [], []
+    # Decoded a batch at a time, so that a folder of any size fits in memory.
+    names, probabilities, failed = [], [], []
     progress = keras.utils.Progbar(len(files), unit_name="image") if len(files) > BATCH_SIZE else None
-    for position, path in enumerate(files, start=1):
-        try:
-            pixels.append(images.read_image(path, size))
-            names.append(str(path))
-        except (OSError, ValueError) as error:  # missing, unreadable, not an image
-            failed.append(path)
-            print(f"skipped {path}: {error}", file=sys.stderr)
+    for start in range(0, len(files), BATCH_SIZE):
+        batch_names, pixels = [], []
+        for path in files[start:start + BATCH_SIZE]:
+            try:
+                pixels.append(images.read_image(path, size))
+                batch_names.append(str(path))
+            except (OSError, ValueError) as error:  # missing, unreadable, not an image
+                failed.append(path)
+                print(f"skipped {path}: {error}", file=sys.stderr)
+        if pixels:
+            stack = np.stack(pixels)
+            batch_probabilities = shipped.probabilities(stack, BATCH_SIZE)
+            if args.gradcam:
+                args.gradcam.mkdir(parents=True, exist_ok=True)
+                for position, (name, image, row) in enumerate(zip(batch_names, stack, batch_probabilities),
+                                                              start=len(names) + 1):
+                    top = [labels[i] for i in np.argsort(row)[::-1][:TOP_FINDINGS]]
+                    figure = gradcam.plot_gradcam(shipped.model, image, shipped.statistics, labels, top,
+                                                  probabilities=row)
+                    # Numbered in the order of the table: a.png and a.jpg, or two folders' a.png, stay apart.
+                    figure.savefig(args.gradcam / f"{position:04d}_{Path(name).stem}_gradcam.png", dpi=80,
+                                   bbox_inches="tight")
+                    matplotlib.pyplot.close(figure)
+            names += batch_names
+            probabilities.append(batch_probabilities)
         if progress is not None:
-            progress.update(position)
-    if pixels:
-        stack = np.stack(pixels)
-        scores = evaluation.predict_probabilities(network, stack, statistics, BATCH_SIZE, verbose=0,
-                                                  flip=card.get("test_time_flip", False))  # fmt: skip
-        probabilities = calibration.calibrate(scores, card.get("calibration"), labels)
-        table = results_table(names, probabilities, thresholds, labels)
+            progress.update(min(start + BATCH_SIZE, len(files)))
+    if names:
+        table = results_table(names, np.concatenate(probabilities), thresholds, labels)
         with pd.option_context("display.max_columns", None, "display.width", 200, "display.precision", 3):
             print(table.to_string(index=False))
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(args.output, index=False, float_format="%.6f")
-        if args.gradcam:
-            args.gradcam.mkdir(parents=True, exist_ok=True)
-            for position, (name, image, row) in enumerate(zip(names, stack, probabilities), start=1):
-                top = [labels[i] for i in np.argsort(row)[::-1][:TOP_FINDINGS]]
-                figure = gradcam.plot_gradcam(network, image, statistics, labels, top, probabilities=row)
-                # Numbered in the order of the table: a.png and a.jpg, or two folders' a.png, stay apart.
-                figure.savefig(args.gradcam / f"{position:04d}_{Path(name).stem}_gradcam.png", dpi=80, bbox_inches="tight")
-                matplotlib.pyplot.close(figure)
     print(f"{len(names)} image(s) read, {len(failed)} skipped", file=sys.stderr)
     return 1 if failed else 0
 

@@ -28,7 +28,7 @@ with _native_stderr_silenced():
 
 from keras.utils import set_random_seed  # noqa: E402, F401
 
-from cxr.config import BATCH_SIZE, FOUR_CLASS_LABELS, IMAGE_SIZE, LABELS, SEED, data_dir  # noqa: E402, F401
+from cxr.config import BATCH_SIZE, FOUR_CLASS_LABELS, LABELS, SEED, data_dir  # noqa: E402, F401
 from cxr.data import (  # noqa: E402, F401
     build_metadata,
     is_low_resolution,
@@ -46,8 +46,10 @@ from cxr.baselines import baseline_scores, metadata_features  # noqa: E402, F401
 from cxr.calibration import calibrate, expected_calibration_error, threshold_at_specificity, weighting_shift  # noqa: E402, F401
 from cxr.shortcuts import controlled_origin_auroc, view_auroc  # noqa: E402, F401
 from cxr.losses import get_weighted_loss  # noqa: E402, F401
-from cxr.model import build_densenet121, load_pretrained_weights, load_shipped_model  # noqa: E402, F401
-from cxr.pipeline import PER_IMAGE, Augmentation, make_dataset, standardise, training_statistics  # noqa: E402, F401
+from cxr.model import build_densenet121, load_pretrained_weights  # noqa: E402, F401
+from cxr.inference import PER_IMAGE, ShippedModel, load_shipped_model, standardise  # noqa: E402, F401
+from cxr.inference import predict as predict_probabilities  # noqa: E402, F401
+from cxr.pipeline import Augmentation, make_dataset, training_statistics  # noqa: E402, F401
 from cxr.evaluation import (  # noqa: E402, F401
     auroc,
     auroc_table,
@@ -59,7 +61,6 @@ from cxr.evaluation import (  # noqa: E402, F401
     plot_confusion_matrices,
     plot_precision_recall_curves,
     plot_roc_curves,
-    predict_probabilities,
     read_expert_labels,
     subgroup_mean_auroc,
     threshold_metrics,

@@ -1,7 +1,7 @@
 """The web app's logic, without the web: one uploaded file in, the findings table, the GradCAM
 overlays and a message out.
 
-``load_predictor`` builds DenseNet121 and loads the shipped weights once; ``Predictor.diagnose``
+``load_predictor`` loads the shipped model once (``cxr.inference.ShippedModel``); ``Predictor.diagnose``
 reads a file with the notebook's preprocessing (``read_image``'s decoding and resizing to the
 model's size, after turning the image upright as its EXIF orientation says, then the standardisation
 as the model's JSON says: per image, or with the training statistics shipped there, never
@@ -12,7 +12,6 @@ saying what is wrong. A lock serialises the model and matplotlib, so several req
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 import threading
@@ -30,12 +29,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from cxr.calibration import calibrate  # noqa: E402
-from cxr.evaluation import predict_probabilities  # noqa: E402
 from cxr.gradcam import plot_gradcam  # noqa: E402
 from cxr.images import ImageReadError, read_image, to_model_size  # noqa: E402
-from cxr.model import build_densenet121, inference_statistics, load_pretrained_weights  # noqa: E402
-from cxr.pipeline import PER_IMAGE, Standardisation  # noqa: E402
+from cxr.inference import ShippedModel, Standardisation  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "densenet121_cxr14"
 # MPO is the JPEG that cameras and phones write: a JPEG whose first frame is the picture, with
@@ -78,40 +74,37 @@ def quoted_name(path: Path) -> str:
     return f"'{markdown_escape(path.name)}'"
 
 
-def model_files(prefix: str | Path) -> tuple[Path, Path]:
-    """(settings JSON, weights) of a model given as ``models/NAME``, ``NAME.json`` or ``NAME.weights.h5``."""
-    prefix = str(prefix)
-    for suffix in (".weights.h5", ".json"):
-        if prefix.endswith(suffix):
-            prefix = prefix[: -len(suffix)]
-    return Path(prefix + ".json"), Path(prefix + ".weights.h5")
-
-
-def _read_thresholds(settings: dict, labels: list[str]) -> dict[str, float] | None:
-    """The validated operating thresholds of the JSON, or None if it has none (or none usable)."""
-    raw = settings.get("thresholds")
-    if not isinstance(raw, dict):
-        return None
-    thresholds = {}
-    for label in labels:
-        value = raw.get(label)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if number and math.isfinite(value) and 0.0 <= value <= 1.0:
-            thresholds[label] = float(value)
-    return thresholds or None
-
-
 @dataclass
 class Predictor:
-    """The loaded model with what inference needs from its JSON."""
+    """The shipped model behind the app, and a lock: one request at a time uses the model and matplotlib."""
 
-    model: keras.Model
-    labels: list[str]
-    image_size: int
-    statistics: Standardisation
-    thresholds: dict[str, float] | None = None
-    settings: dict = field(default_factory=dict)
+    shipped: ShippedModel
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def model(self) -> keras.Model:
+        return self.shipped.model
+
+    @property
+    def labels(self) -> list[str]:
+        return self.shipped.labels
+
+    @property
+    def image_size(self) -> int:
+        return self.shipped.image_size
+
+    @property
+    def statistics(self) -> Standardisation:
+        return self.shipped.statistics
+
+    @property
+    def thresholds(self) -> dict[str, float] | None:
+        return self.shipped.thresholds
+
+    @property
+    def settings(self) -> dict:
+        """The model's whole JSON."""
+        return self.shipped.card
 
     # --- checks on the upload, before anything is decoded -------------------------------------
 
@@ -187,9 +180,7 @@ class Predictor:
         """(C,) calibrated probabilities of one (size, size) uint8 image, as the JSON says (test-time flip,
         calibration; the network's outputs where it has no calibration)."""
         with self.lock:
-            scores = predict_probabilities(self.model, pixels[np.newaxis], self.statistics, verbose=0,
-                                           flip=bool(self.settings.get("test_time_flip", False)))  # fmt: skip
-        return calibrate(scores, self.settings.get("calibration"), self.labels)[0]
+            return self.shipped.probabilities(pixels[np.newaxis])[0]
 
     def findings_table(self, probabilities: np.ndarray) -> pd.DataFrame:
         """Findings sorted by probability, descending, with threshold and whether it is reached."""
@@ -207,7 +198,7 @@ class Predictor:
         titled with ``probabilities`` (those of the table)."""
         with self.lock:
             figure = plot_gradcam(self.model, pixels, self.statistics, self.labels, findings, probabilities=probabilities,
-                                  calibration=self.settings.get("calibration"))  # fmt: skip
+                                  calibration=self.shipped.calibration)  # fmt: skip
             try:
                 buffer = io.BytesIO()
                 figure.savefig(buffer, format="png", dpi=100)
@@ -256,36 +247,9 @@ class Predictor:
         self.overlay(blank, self.labels[:1])
 
 
-def read_settings(path: str | Path) -> dict:
-    """What inference needs from a model's JSON: labels, image size, standardisation, thresholds.
-
-    Returns:
-        ``labels``, ``image_size``, ``statistics`` ((mean, std) or ``PER_IMAGE``), ``thresholds`` (None when the JSON has
-        none) and ``settings`` (the whole JSON).
-
-    Raises:
-        FileNotFoundError, ValueError: naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Model settings {path} not found.")
-    try:
-        settings = json.loads(path.read_text())
-        labels = [str(label) for label in settings["labels"]]
-        image_size = int(settings["image_size"])
-        statistics = inference_statistics(settings)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path}: expected JSON with 'labels', 'image_size' and 'normalisation' "
-                         f"mean and std ({error!r}).") from error
-    if not labels or image_size < 1 or (statistics != PER_IMAGE and not statistics[1] > 0):
-        raise ValueError(f"{path}: needs labels, a positive image_size and a positive normalisation std.")
-    return {"labels": labels, "image_size": image_size, "statistics": statistics,
-            "thresholds": _read_thresholds(settings, labels), "settings": settings}
-
-
 def load_predictor(prefix: str | Path = DEFAULT_MODEL, warm_up: bool = False,
                    model: keras.Model | None = None) -> Predictor:
-    """Build DenseNet121 and load the shipped weights and settings (labels, size, training statistics).
+    """The app's predictor of a shipped model (``ShippedModel.load``).
 
     Args:
         prefix: ``models/densenet121_cxr14`` (with ``.json`` and ``.weights.h5`` beside it).
@@ -295,15 +259,7 @@ def load_predictor(prefix: str | Path = DEFAULT_MODEL, warm_up: bool = False,
     Raises:
         FileNotFoundError, ValueError: naming the file that is missing or wrong.
     """
-    settings_path, weights_path = model_files(prefix)
-    found = read_settings(settings_path)
-    if model is None:
-        model = build_densenet121(num_classes=len(found["labels"]), image_size=found["image_size"])
-        load_pretrained_weights(model, weights_path)
-    elif model.output_shape[-1] != len(found["labels"]) or tuple(model.input_shape[1:3]) != (found["image_size"],) * 2:
-        raise ValueError(f"{settings_path} does not describe the given model (labels or image size differ).")
-    predictor = Predictor(model, found["labels"], found["image_size"], found["statistics"],
-                          found["thresholds"], found["settings"])
+    predictor = Predictor(ShippedModel.load(prefix, model=model))
     if warm_up:
         predictor.warm_up()
     return predictor

@@ -1,4 +1,4 @@
-"""Evaluating a multi-label classifier: probabilities, AUROC with bootstrap intervals, ROC and
+"""Evaluating a multi-label classifier's probabilities: AUROC with bootstrap intervals, ROC and
 precision-recall curves, operating thresholds, confusion matrices and the expert-label check.
 
 Conventions: ``y_true`` is an (N, C) 0/1 array, ``y_score`` an (N, C) array of probabilities,
@@ -10,19 +10,15 @@ reported as NaN with a note, never as 0.5.
 from __future__ import annotations
 
 import warnings
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from sklearn import metrics
 
-from cxr import config, pipeline
-from cxr.pipeline import PER_IMAGE, Standardisation
+from cxr import config
 
 # Columns of the Google 2019 expert label file that the comparison reads.
 EXPERT_IMAGE_COLUMN = "Image Index"
@@ -94,90 +90,6 @@ def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     denominator = np.asarray(denominator, dtype=np.float64)
     result = np.full(np.broadcast(numerator, denominator).shape, np.nan)
     return np.divide(numerator, denominator, out=result, where=denominator != 0)
-
-
-# --- predictions ---------------------------------------------------------------------------------
-
-
-def predict_probabilities(
-    model: keras.Model,
-    images: np.ndarray,
-    statistics: Standardisation,
-    batch_size: int = 32,
-    verbose: int | str = 1,
-    flip: bool = False,
-) -> np.ndarray:
-    """Probabilities of every finding for a stack of images, standardised like validation data.
-
-    Args:
-        model: a model taking (B, H, W, 3) float32 standardised images.
-        images: (N, H, W) uint8 grayscale images at the model's input size.
-        statistics: the training (mean, std) in the 0..255 scale, or ``PER_IMAGE``.
-        batch_size: images per forward pass.
-        verbose: Keras progress display (1: progress bar, 0: silent).
-        flip: test-time augmentation: average the probabilities of each image and its mirror image.
-
-    Returns:
-        (N, C) float32 probabilities.
-    """
-    images = np.asarray(images)
-    if images.ndim != 3 or len(images) == 0:
-        raise ValueError(f"images must be a non-empty (N, H, W) array, got shape {images.shape}.")
-    expected = tuple(model.input_shape[1:3])
-    if None not in expected and images.shape[1:] != expected:
-        raise ValueError(f"images are {images.shape[1:]} but the model expects {expected}: resize them first.")
-    if statistics != PER_IMAGE and (len(statistics) != 2 or not statistics[1] > 0):
-        raise ValueError(f"statistics must be (mean, std) with std > 0 or {PER_IMAGE!r}, got {statistics}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    # One compiled graph per model does the validation pipeline's standardisation and the forward
-    # pass; called batch by batch it beats model.predict on the CPU with the same probabilities
-    # (bench/run.py; figures in bench/RESULTS.md).
-    forward = _forward_pass(model, isinstance(statistics, str), tf.as_dtype(images.dtype), flip)
-    mean, std = (0.0, 1.0) if isinstance(statistics, str) else statistics
-    mean, std = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
-    steps = -(-len(images) // batch_size)
-    progress = keras.utils.Progbar(steps, verbose=1 if verbose == "auto" else verbose) if verbose else None
-    outputs = []
-    for step in range(steps):
-        batch = tf.constant(images[step * batch_size:(step + 1) * batch_size])
-        outputs.append(forward(batch, mean, std).numpy())
-        if progress is not None:
-            progress.update(step + 1)
-    return np.concatenate(outputs).astype(np.float32, copy=False)
-
-
-# model -> {(per_image, dtype): compiled forward pass}; weak, so that a model nobody holds frees its graphs.
-_FORWARD_PASSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _forward_pass(model: keras.Model, per_image: bool, dtype: tf.DType = tf.uint8, flip: bool = False) -> Callable:
-    """A tf.function: (B, H, W) batch of ``dtype`` pixels, mean, std -> (B, C) float32 probabilities
-    (with ``flip``, the mean of the batch's and its mirror image's).
-
-    Traced once per model and standardisation for any batch size; it reads the model's variables
-    when called, so weights loaded later are used. It holds the model only weakly.
-    """
-    passes = _FORWARD_PASSES.setdefault(model, {})
-    key = (per_image, dtype, flip)
-    if key not in passes:
-        network = weakref.ref(model)
-        height, width = model.input_shape[1:3]
-        signature = [tf.TensorSpec((None, height, width), dtype), tf.TensorSpec((), tf.float32),
-                     tf.TensorSpec((), tf.float32)]
-
-        @tf.function(input_signature=signature)
-        def forward(batch, mean, std):
-            pixels = tf.cast(batch, tf.float32)[..., tf.newaxis]
-            standardised = pipeline._standardise_batch(pixels, PER_IMAGE if per_image else (mean, std))
-            probabilities = tf.cast(network()(standardised, training=False), tf.float32)
-            if flip:
-                mirrored = tf.cast(network()(standardised[:, :, ::-1], training=False), tf.float32)
-                probabilities = (probabilities + mirrored) / 2
-            return probabilities
-
-        passes[key] = forward
-    return passes[key]
 
 
 # --- AUROC ---------------------------------------------------------------------------------------

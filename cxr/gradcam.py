@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 from cxr import config
 from cxr.calibration import calibrate
 from cxr.model import LAST_CONV_LAYER
-from cxr.pipeline import standardise
+from cxr.inference import Standardisation, predict, standardise
 
 # NIH boxes are given in the coordinates of the released 1024x1024 images.
 BOX_SOURCE_SIZE = 1024
@@ -144,7 +144,7 @@ def load_boxes(data_dir: str | Path | None = None) -> pd.DataFrame:
 read_boxes = load_boxes  # the same reader under its other name
 
 
-def scale_box(box: Sequence[float] | pd.Series, from_size: float = BOX_SOURCE_SIZE, to_size: float = 512) -> Box:
+def scale_box(box: Sequence[float] | pd.Series, from_size: float, to_size: float) -> Box:
     """A box ``(x, y, w, h)`` (or a row with those columns) rescaled from a square image to another.
 
     Returns:
@@ -232,7 +232,7 @@ def localisation_scores(
     model: keras.Model,
     frame: pd.DataFrame,
     images: np.ndarray,
-    statistics: tuple[float, float],
+    statistics: Standardisation,
     labels: Sequence[str],
     boxes: pd.DataFrame,
     layer_name: str = LAST_CONV_LAYER,
@@ -244,7 +244,7 @@ def localisation_scores(
     Args:
         model: the classifier. frame: split table with ``Image``, one row per image.
         images: (N, S, S) uint8 images of ``frame`` at the model's input size.
-        statistics: training (mean, std). labels: the model's class names.
+        statistics: the training (mean, std) or ``PER_IMAGE``. labels: the model's class names.
         boxes: ``load_boxes`` table (``box_size`` coordinates); boxes of findings the model
             does not predict are skipped with a warning.
         threshold: heatmap level for the IoU.
@@ -265,10 +265,13 @@ def localisation_scores(
                       f"{sorted(unknown['Finding'].unique())}.", stacklevel=2)
     selected = selected[selected["Finding"].isin(names)]
     size = images.shape[1]
+    boxed = sorted(selected["Image"].unique())
+    scores = predict(model, images[[position_of[name] for name in boxed]], statistics, verbose=0) if boxed else []
+    probabilities_of = dict(zip(boxed, scores))
     rows = []
     for image_name, image_boxes in selected.groupby("Image", sort=True):
         model_input = standardise(images[position_of[image_name]][np.newaxis], statistics)
-        probabilities = keras.ops.convert_to_numpy(model(model_input, training=False))[0]
+        probabilities = probabilities_of[image_name]
         heatmaps = {}
         for _, box in image_boxes.iterrows():
             class_index = names.index(box["Finding"])
@@ -332,7 +335,7 @@ def randomisation_check(
     model: keras.Model,
     randomised: keras.Model,
     images: np.ndarray,
-    statistics: tuple[float, float] | str,
+    statistics: Standardisation,
     class_indices: Sequence[int],
     layer_name: str = LAST_CONV_LAYER,
 ) -> pd.DataFrame:
@@ -370,7 +373,7 @@ def randomisation_check(
 def plot_gradcam(
     model: keras.Model,
     image_uint8: np.ndarray,
-    statistics: tuple[float, float],
+    statistics: Standardisation,
     labels: Sequence[str],
     selected_labels: Sequence[str],
     boxes: pd.DataFrame | None = None,
@@ -383,7 +386,7 @@ def plot_gradcam(
 
     Args:
         model: the classifier. image_uint8: (S, S) uint8 image at the model's input size.
-        statistics: training (mean, std). labels: the model's class names.
+        statistics: the training (mean, std) or ``PER_IMAGE``. labels: the model's class names.
         selected_labels: findings to explain, one panel each, titled "Finding: p=0.xx".
         boxes: optional boxes of this image (``Finding``, ``x``, ``y``, ``w``, ``h`` in ``box_size``
             coordinates), drawn on the panel of their finding.
@@ -399,8 +402,7 @@ def plot_gradcam(
         raise ValueError(f"selected_labels must be non-empty and among the model's labels; unknown: {unknown}.")
     model_input = standardise(image[np.newaxis], statistics)
     if probabilities is None:
-        scores = keras.ops.convert_to_numpy(model(model_input, training=False))
-        probabilities = calibrate(scores, calibration, names)[0]
+        probabilities = calibrate(predict(model, image[np.newaxis], statistics, verbose=0), calibration, names)[0]
     panels = len(selected_labels) + 1
     figure, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6), squeeze=False)
     axes = axes[0]

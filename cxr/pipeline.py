@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-EPSILON = 1e-7
+from cxr.inference import PER_IMAGE, Standardisation, standardise
+
 # Fixed parallelism instead of tf.data's autotuning: the images are already decoded in memory, and
 # preparing a batch takes milliseconds against seconds for the model's step, so autotuning has nothing
 # to win. It does cost: a `fit` or `predict` call through an autotuned pipeline often ends only when
@@ -62,25 +63,6 @@ def training_statistics(images: np.ndarray, sample_size: int = 500, seed: int = 
     return float(sample.mean()), float(sample.std())
 
 
-# Evaluation standardisation that uses each image's own mean and std, as training does. The course
-# standardises valid/test with training statistics instead; which of the two a shipped model uses is
-# chosen on the validation split and recorded with its weights.
-PER_IMAGE = "per-image"
-Standardisation = tuple[float, float] | str
-
-
-def _standardise_batch(batch: tf.Tensor, statistics: Standardisation) -> tf.Tensor:
-    """(B, H, W, 1) float32 -> (B, H, W, 3) standardised model input."""
-    if isinstance(statistics, str):
-        if statistics != PER_IMAGE:
-            raise ValueError(f"statistics must be (mean, std) or {PER_IMAGE!r}, got {statistics!r}.")
-        mean = tf.reduce_mean(batch, axis=(1, 2, 3), keepdims=True)
-        std = tf.math.reduce_std(batch, axis=(1, 2, 3), keepdims=True)
-    else:
-        mean, std = statistics
-    return tf.repeat((batch - mean) / (std + EPSILON), 3, axis=-1)
-
-
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -109,23 +91,8 @@ def make_dataset(
     standardisation = PER_IMAGE if training else statistics
 
     def prepare(batch, batch_labels):
-        batch = tf.cast(batch, tf.float32)[..., tf.newaxis]
-        if augment is not None:
-            batch = augment(batch, training=True)
-        return _standardise_batch(batch, standardisation), batch_labels
+        if augment is not None:  # Keras' image layers take (B, H, W, channels)
+            batch = augment(tf.cast(batch, tf.float32)[..., tf.newaxis], training=True)[..., 0]
+        return standardise(batch, standardisation), batch_labels
 
     return dataset.map(prepare, num_parallel_calls=PARALLEL_CALLS).prefetch(PREFETCH_BATCHES).with_options(FIXED_OPTIONS)
-
-
-def standardise(images: np.ndarray, statistics: Standardisation) -> np.ndarray:
-    """Standardise uint8 (N, H, W) images (training statistics or PER_IMAGE) into (N, H, W, 3) float32 model input."""
-    pixels = images.astype(np.float32)
-    if isinstance(statistics, str):
-        if statistics != PER_IMAGE:
-            raise ValueError(f"statistics must be (mean, std) or {PER_IMAGE!r}, got {statistics!r}.")
-        mean = pixels.mean(axis=(1, 2), keepdims=True)
-        std = pixels.std(axis=(1, 2), keepdims=True)
-    else:
-        mean, std = statistics
-    scaled = (pixels - mean) / (std + EPSILON)
-    return np.repeat(scaled[..., np.newaxis], 3, axis=-1)

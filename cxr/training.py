@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from cxr import config, data, images, losses, model, pipeline
+from cxr import config, data, fast_layers, images, inference, losses, model, pipeline
 
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
@@ -106,8 +106,8 @@ class TrainConfig:
             "optimizer": ("adam", "sgd", "adamw"),
             "monitor": ("val_auc", "val_loss"),
             "strategy": ("default", "mirrored", "multi-worker"),
-            "validation_standardisation": (pipeline.PER_IMAGE, model.TRAINING_STATISTICS),
-            "precision": model.PRECISIONS,
+            "validation_standardisation": (pipeline.PER_IMAGE, inference.TRAINING_STATISTICS),
+            "precision": fast_layers.PRECISIONS,
             "schedule": ("plateau", "cosine"),
         }
         for name, allowed in choices.items():
@@ -468,12 +468,12 @@ def train(cfg: TrainConfig) -> dict:
     augmentation = pipeline.Augmentation(cfg.horizontal_flip, cfg.rotation, cfg.zoom, cfg.shift)
     steps_per_epoch = -(-len(train_images) // cfg.batch_size)
     train_data = training_epochs(cfg, train_arrays, state.get("epoch", 0), augmentation)
-    valid_statistics = statistics if cfg.validation_standardisation == model.TRAINING_STATISTICS else pipeline.PER_IMAGE
+    valid_statistics = statistics if cfg.validation_standardisation == inference.TRAINING_STATISTICS else pipeline.PER_IMAGE
     valid_data = pipeline.make_dataset(
         valid_images, valid_labels, cfg.batch_size, training=False, statistics=valid_statistics
     )
 
-    precision = model.resolve_precision(cfg.precision)
+    precision = fast_layers.resolve_precision(cfg.precision)
     print(f"Training in {precision}.")
     with make_strategy(cfg.strategy).scope():
         network = model.build_densenet121(

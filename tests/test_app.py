@@ -24,11 +24,11 @@ from markdown_it import MarkdownIt
 from PIL import Image, ImageOps
 
 from cxr import app_logic
-from cxr.app_logic import COLUMNS, TOP_K, load_predictor, model_files
-from cxr.images import read_image
-from cxr.model import inference_statistics
+from cxr.app_logic import COLUMNS, TOP_K, load_predictor
 from cxr.calibration import calibrate
-from cxr.pipeline import PER_IMAGE, make_dataset
+from cxr.images import read_image
+from cxr.inference import PER_IMAGE, card_standardisation, model_files, read_card
+from cxr.pipeline import make_dataset
 
 SHIPPED = app_logic.DEFAULT_MODEL
 
@@ -130,7 +130,7 @@ def test_preprocessing_and_calibration_are_the_notebooks(predictor, test_image, 
 
 def test_standardisation_comes_from_the_json(predictor, settings_without_thresholds):
     settings = json.loads(model_files(settings_without_thresholds)[0].read_text())
-    assert predictor.statistics == inference_statistics(settings)
+    assert predictor.statistics == card_standardisation(settings)
     assert predictor.image_size == settings["image_size"] == predictor.model.input_shape[1]
 
 
@@ -143,7 +143,7 @@ def test_json_standardisation_selects_per_image_or_training_statistics(tmp_path,
     if standardisation:
         card["standardisation"] = standardisation
     (tmp_path / "card.json").write_text(json.dumps(card))
-    assert app_logic.read_settings(tmp_path / "card.json")["statistics"] == expected
+    assert card_standardisation(read_card(tmp_path / "card.json")) == expected
 
 
 def test_16_bit_png_gives_the_same_result_as_8_bit(predictor, test_image, real_result, tmp_path):
@@ -372,11 +372,6 @@ def test_several_requests_at_once_give_the_same_answer(predictor, test_image, re
         pd.testing.assert_frame_equal(table, real_result[0])
 
 
-def test_model_files_accepts_a_prefix_or_either_file():
-    for given in ("models/m", "models/m.json", "models/m.weights.h5"):
-        assert model_files(given) == (Path("models/m.json"), Path("models/m.weights.h5"))
-
-
 def test_missing_or_incomplete_settings_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.json"):
         load_predictor(tmp_path / "nothing")
@@ -386,9 +381,10 @@ def test_missing_or_incomplete_settings_are_named(tmp_path):
 
 
 def test_the_shipped_json_reads(predictor):
-    found = app_logic.read_settings(model_files(SHIPPED)[0])
-    assert found["labels"] == predictor.labels
-    assert found["statistics"] == PER_IMAGE or found["statistics"][1] > 0
+    card = read_card(model_files(SHIPPED)[0])
+    assert card["labels"] == predictor.labels
+    assert card["standardisation"] in (PER_IMAGE, "training-statistics")
+    assert card_standardisation(card) == predictor.statistics
 
 
 # --- the page's side of it (app.py, without a server) ---------------------------------------------

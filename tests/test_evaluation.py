@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 import warnings
 
-import keras
 import matplotlib
 
 matplotlib.use("Agg")
@@ -18,8 +17,6 @@ import pytest  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from cxr import config, data, evaluation  # noqa: E402
-from cxr.model import build_densenet121  # noqa: E402
-from cxr.pipeline import PER_IMAGE, standardise  # noqa: E402
 
 LABELS3 = ("A", "B", "C")
 
@@ -319,57 +316,6 @@ def test_confusion_grid_has_one_matrix_per_class():
         assert sum(axis.get_visible() and axis.axison for axis in figure.axes) == 7
     finally:
         plt.close(figure)
-
-
-# --- predictions ---------------------------------------------------------------------------------
-
-
-def test_predict_probabilities_standardises_like_validation():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((8, 8, 3)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(3, activation="sigmoid"),
-    ])
-    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8), dtype=np.uint8)
-    statistics = (120.0, 50.0)
-    probabilities = evaluation.predict_probabilities(model, images, statistics, batch_size=2, verbose=0)
-    assert probabilities.shape == (5, 3) and probabilities.dtype == np.float32
-    expected = keras.ops.convert_to_numpy(model(standardise(images, statistics)))
-    np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="model expects"):
-        evaluation.predict_probabilities(model, images[:, :4, :4], statistics, verbose=0)
-    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
-        evaluation.predict_probabilities(model, images[0], statistics, verbose=0)
-
-
-@pytest.mark.parametrize("statistics", [(120.0, 50.0), PER_IMAGE], ids=["training-statistics", "per-image"])
-def test_predict_probabilities_matches_plain_predict_of_densenet121(statistics):
-    # The project's inference path against plain model.predict on the same standardised batch, for the
-    # real architecture (batch norm, concatenations) at a small size, the last batch partial.
-    keras.utils.set_random_seed(1)
-    model = build_densenet121(num_classes=4, image_size=32)
-    images = np.random.default_rng(1).integers(0, 256, (7, 32, 32), dtype=np.uint8)
-    expected = model.predict(standardise(images, statistics), batch_size=3, verbose=0)
-    probabilities = evaluation.predict_probabilities(model, images, statistics, batch_size=3, verbose=0)
-    assert probabilities.shape == (7, 4) and probabilities.dtype == np.float32
-    assert np.max(np.abs(probabilities - expected)) <= 1e-3
-
-
-def test_predict_probabilities_uses_weights_loaded_after_its_first_call():
-    keras.utils.set_random_seed(2)
-    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
-                              keras.layers.Dense(2, activation="sigmoid")])
-    images = np.random.default_rng(2).integers(0, 256, (4, 8, 8), dtype=np.uint8)
-    first = evaluation.predict_probabilities(model, images, PER_IMAGE, verbose=0)
-    model.set_weights([weight + 0.5 for weight in model.get_weights()])
-    again = evaluation.predict_probabilities(model, images, PER_IMAGE, verbose=0)
-    expected = keras.ops.convert_to_numpy(model(standardise(images, PER_IMAGE)))
-    assert not np.allclose(first, again)
-    np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-6)
-    # Pixels of another dtype (here float32 in the 0..255 scale) are taken as the uint8 ones were.
-    as_float = evaluation.predict_probabilities(model, images.astype(np.float32), PER_IMAGE, verbose=0)
-    np.testing.assert_allclose(as_float, again, rtol=1e-6, atol=1e-7)
 
 
 # --- expert labels -------------------------------------------------------------------------------

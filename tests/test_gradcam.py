@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 
 from cxr import config, gradcam  # noqa: E402
 from cxr.model import LAST_CONV_LAYER, build_densenet121  # noqa: E402
-from cxr.pipeline import standardise  # noqa: E402
+from cxr.inference import standardise  # noqa: E402
 
 SIZE = 16
 LABELS = ("bright", "dark")
@@ -149,7 +149,7 @@ def test_scale_box_arithmetic():
     assert gradcam.scale_box(box, 1024, 512) == (50.0, 100.0, 25.0, 40.0)
     assert gradcam.scale_box(box, 1024, 128) == (12.5, 25.0, 6.25, 10.0)
     row = pd.Series({"Image": "a.png", "Finding": "Mass", "x": 100.0, "y": 200.0, "w": 50.0, "h": 80.0})
-    assert gradcam.scale_box(row, to_size=512) == (50.0, 100.0, 25.0, 40.0)
+    assert gradcam.scale_box(row, 1024, 512) == (50.0, 100.0, 25.0, 40.0)
     with pytest.raises(ValueError):
         gradcam.scale_box((1, 2, 3), 1024, 512)
 

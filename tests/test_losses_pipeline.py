@@ -9,7 +9,7 @@ import pytest
 
 import public_tests
 import util
-from cxr import losses, pipeline
+from cxr import inference, losses, pipeline
 from cxr.pipeline import Augmentation
 
 
@@ -287,7 +287,7 @@ def test_training_shuffle_keeps_images_with_their_labels():
     x, y = epoch(dataset)
     for image, label in zip(x, y):
         source = images[int(label[0])].astype(np.float32)
-        expected = (source - source.mean()) / (source.std() + pipeline.EPSILON)
+        expected = (source - source.mean()) / (source.std() + inference.EPSILON)
         np.testing.assert_allclose(image[..., 0], expected, atol=1e-4)
         assert label[1] == label[0] % 2
 

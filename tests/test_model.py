@@ -16,15 +16,9 @@ import pytest
 import tensorflow as tf
 
 from cxr import config
-from cxr.model import (
-    LAST_CONV_LAYER,
-    FusedBatchNormalization,
-    build_densenet121,
-    load_pretrained_weights,
-    load_shipped_model,
-    native_bfloat16,
-    resolve_precision,
-)
+from cxr.fast_layers import FusedBatchNormalization, native_bfloat16, resolve_precision
+from cxr.inference import load_shipped_model
+from cxr.model import LAST_CONV_LAYER, build_densenet121, load_pretrained_weights
 
 SIZE = 32
 

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 import predict
-from cxr import calibration, config, evaluation, images
-from cxr.model import load_shipped_model
+from cxr import calibration, config, images
+from cxr.images import read_image
+from cxr.inference import ShippedModel
+from cxr.inference import predict as predict_scores
 
 MODEL = config.MODEL_DIR / "densenet121_cxr14"
 
@@ -48,9 +50,9 @@ def test_probabilities_are_the_calibrated_model_outputs_and_flags_follow_the_thr
     row = pd.read_csv(output).iloc[0]
     labels = card["labels"]
 
-    network, _, statistics = load_shipped_model(MODEL)
+    shipped = ShippedModel.load(MODEL)
     pixels = images.read_image(test_image, card["image_size"])[np.newaxis]
-    scores = evaluation.predict_probabilities(network, pixels, statistics, verbose=0, flip=card["test_time_flip"])
+    scores = predict_scores(shipped.model, pixels, shipped.statistics, verbose=0, flip=card["test_time_flip"])
     expected = calibration.calibrate(scores, card["calibration"], labels)[0]
     np.testing.assert_allclose(row[labels].to_numpy(dtype=float), expected, atol=1e-5)
     thresholds = np.array([card["thresholds"][label] for label in labels])
@@ -82,6 +84,21 @@ def test_youden_thresholds_are_an_option(folder, tmp_path, card):
 def test_gradcam_writes_one_overlay_per_image(folder, tmp_path):
     overlays = tmp_path / "overlays"
     assert predict.main([str(folder / "a.png"), str(folder / "b.png"), "--gradcam", str(overlays)]) == 0
+    assert sorted(p.name for p in overlays.iterdir()) == ["0001_a_gradcam.png", "0002_b_gradcam.png"]
+
+
+def test_images_are_decoded_batch_by_batch_with_the_same_results(folder, tmp_path, monkeypatch):
+    whole = tmp_path / "whole.csv"
+    predict.main([str(folder), "--output", str(whole)])
+    monkeypatch.setattr(predict, "BATCH_SIZE", 1)  # a.png, b.png, then broken.png: a batch without an image
+    events, probabilities = [], ShippedModel.probabilities
+    monkeypatch.setattr(images, "read_image", lambda path, size: events.append(path.name) or read_image(path, size))
+    monkeypatch.setattr(ShippedModel, "probabilities",
+                        lambda self, *args: events.append("model") or probabilities(self, *args))
+    overlays, batched = tmp_path / "overlays", tmp_path / "batched.csv"
+    assert predict.main([str(folder), "--output", str(batched), "--gradcam", str(overlays)]) == 1
+    assert events == ["a.png", "model", "b.png", "model", "broken.png"]
+    pd.testing.assert_frame_equal(pd.read_csv(batched), pd.read_csv(whole), atol=1e-6)
     assert sorted(p.name for p in overlays.iterdir()) == ["0001_a_gradcam.png", "0002_b_gradcam.png"]
 
 
