@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from cxr import calibration, evaluation, gradcam, images
+    from cxr import calibration, evaluation, gradcam, images, plots
     from cxr.model import load_shipped_model
 
     network, card, statistics = load_shipped_model(args.model)
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             args.gradcam.mkdir(parents=True, exist_ok=True)
             for position, (name, image, row) in enumerate(zip(names, stack, probabilities), start=1):
                 top = [labels[i] for i in np.argsort(row)[::-1][:TOP_FINDINGS]]
-                figure = gradcam.plot_gradcam(network, image, statistics, labels, top, probabilities=row)
+                figure = plots.plot_gradcam(image, gradcam.explain_findings(network, image, statistics, labels, top,
+                                                                            probabilities=row))
                 # Numbered in the order of the table: a.png and a.jpg, or two folders' a.png, stay apart.
                 figure.savefig(args.gradcam / f"{position:04d}_{Path(name).stem}_gradcam.png", dpi=80, bbox_inches="tight")
                 matplotlib.pyplot.close(figure)
