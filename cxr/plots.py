@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
@@ -67,6 +67,18 @@ def _class_colours(num_classes: int) -> list:
     return [palette(i % palette.N) for i in range(num_classes)]
 
 
+def _draw_class_curves(axes, curves: Mapping[str, tuple | None], missing: str, points: Callable) -> None:
+    """One line per class in its colour, ``points(curve)`` giving (x, y, legend note); a class without
+    a curve gets a legend entry alone, noting ``missing``."""
+    for (name, curve), colour in zip(curves.items(), _class_colours(len(curves))):
+        if curve is None:
+            axes.plot([], [], color=colour, label=f"{name} ({missing})")
+            continue
+        x, y, note = points(curve)
+        axes.plot(x, y, color=colour, linewidth=1.5, label=f"{name} ({note})")
+    axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+
+
 def plot_roc_curves(curves: Mapping[str, RocCurve | None]) -> Figure:
     """ROC curves of all classes in one axes, the legend giving each AUROC.
 
@@ -75,15 +87,10 @@ def plot_roc_curves(curves: Mapping[str, RocCurve | None]) -> Figure:
     """
     figure, axes = plt.subplots(figsize=(8, 6.5))
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="Chance (AUROC 0.50)")
-    for (name, curve), colour in zip(curves.items(), _class_colours(len(curves))):
-        if curve is None:
-            axes.plot([], [], color=colour, label=f"{name} (not computable)")
-            continue
-        axes.plot(curve.false_positive_rate, curve.true_positive_rate, color=colour, linewidth=1.5,
-                  label=f"{name} (AUROC {curve.auroc:.2f})")
     axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
              ylabel="True positive rate (sensitivity)", title="ROC curves")
-    axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    _draw_class_curves(axes, curves, "not computable",
+                       lambda curve: (curve.false_positive_rate, curve.true_positive_rate, f"AUROC {curve.auroc:.2f}"))
     figure.tight_layout()
     return figure
 
@@ -97,15 +104,10 @@ def plot_precision_recall_curves(curves: Mapping[str, PrecisionRecallCurve | Non
             class has no positive case.
     """
     figure, axes = plt.subplots(figsize=(8, 6.5))
-    for (name, curve), colour in zip(curves.items(), _class_colours(len(curves))):
-        if curve is None:
-            axes.plot([], [], color=colour, label=f"{name} (no positive case)")
-            continue
-        axes.plot(curve.recall, curve.precision, color=colour, linewidth=1.5,
-                  label=f"{name} (AP {curve.average_precision:.2f}, prevalence {curve.prevalence:.2f})")
     axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)", ylabel="Precision (PPV)",
              title="Precision-recall curves\n(chance level = each class's prevalence in this set)")
-    axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    _draw_class_curves(axes, curves, "no positive case", lambda curve: (
+        curve.recall, curve.precision, f"AP {curve.average_precision:.2f}, prevalence {curve.prevalence:.2f}"))
     figure.tight_layout()
     return figure
 
