@@ -121,8 +121,9 @@ def reliability_curves(
         probabilities = np.asarray(probabilities)
         if probabilities.shape != truth.shape:
             raise ValueError(f"{name!r} probabilities have shape {probabilities.shape}, the labels {truth.shape}.")
-        per_class = [reliability(truth[:, column], probabilities[:, column], bins)[:2] for column in range(truth.shape[1])]
-        points[name] = (np.array([predicted for predicted, _ in per_class]), np.array([observed for _, observed in per_class]))
+        per_class = [reliability(truth[:, column], probabilities[:, column], bins) for column in range(truth.shape[1])]
+        points[name] = (np.array([predicted for predicted, _, _ in per_class]),
+                        np.array([observed for _, observed, _ in per_class]))
     return points
 
 

@@ -381,5 +381,6 @@ def explain_findings(
         heatmap, vanished = gradcam_heatmap(model, model_input[0], names.index(name), layer_name)
         finding_boxes = () if boxes is None else tuple(
             scale_box(box, box_size, image.shape[0]) for _, box in boxes[boxes["Finding"] == name].iterrows())
-        explanations.append(Explanation(name, float(probabilities[names.index(name)]), heatmap, vanished, finding_boxes))
+        probability = float(probabilities[names.index(name)])
+        explanations.append(Explanation(name, probability, heatmap, vanished, finding_boxes))
     return explanations

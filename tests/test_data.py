@@ -401,8 +401,9 @@ def test_read_expert_labels_gives_one_row_per_image_of_0_1_columns(tmp_path):
 
 
 def test_read_expert_labels_names_the_file_and_the_unexpected_values(tmp_path):
-    pd.DataFrame({"Image Index": ["a.png"], "Fracture": ["MAYBE"], "Pneumothorax": ["NO"],
-                  "Airspace opacity": ["NO"], "Nodule or mass": ["NO"]}).to_csv(tmp_path / config.EXPERT_LABEL_FILE, index=False)  # fmt: skip
+    expert = {"Image Index": ["a.png"], "Fracture": ["MAYBE"], "Pneumothorax": ["NO"], "Airspace opacity": ["NO"],
+              "Nodule or mass": ["NO"]}
+    pd.DataFrame(expert).to_csv(tmp_path / config.EXPERT_LABEL_FILE, index=False)
     with pytest.raises(ValueError, match=r"google2019.*MAYBE"):
         data.read_expert_labels(tmp_path)
     (tmp_path / "empty").mkdir()

@@ -268,7 +268,8 @@ def test_explain_findings_keeps_each_findings_boxes_in_image_pixels(model):
 
 
 def test_explain_findings_reports_the_probabilities_it_is_given(model):
-    explanations = gradcam.explain_findings(model, blob_image(), STATISTICS, LABELS, ["dark"], probabilities=np.array([0.1, 0.7]))
+    explanations = gradcam.explain_findings(model, blob_image(), STATISTICS, LABELS, ["dark"],
+                                            probabilities=np.array([0.1, 0.7]))
     assert explanations[0].probability == pytest.approx(0.7)
 
 

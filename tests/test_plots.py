@@ -65,7 +65,8 @@ def test_roc_legend_gives_each_auroc_and_says_which_is_not_computable():
 
 def test_precision_recall_figure_mentions_prevalence():
     y_true, y_score = random_case(0)
-    texts = legend_texts(plots.plot_precision_recall_curves(evaluation.precision_recall_curves(y_true, y_score, LABELS3)))
+    curves = evaluation.precision_recall_curves(y_true, y_score, LABELS3)
+    texts = legend_texts(plots.plot_precision_recall_curves(curves))
     assert len(texts) == 3 and all("AP " in text and "prevalence" in text for text in texts)
 
 
