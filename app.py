@@ -27,6 +27,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")  # before pyplot is imported: the overlays are drawn off screen, in the server's threads
+
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 from gradio.utils import get_upload_folder  # noqa: E402

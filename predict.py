@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from cxr import gradcam, images
+    from cxr import gradcam, images, plots
     from cxr.inference import ShippedModel
 
     shipped = ShippedModel.load(args.model)
@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 for position, (name, image, row) in enumerate(zip(batch_names, stack, batch_probabilities),
                                                               start=len(names) + 1):
                     top = [labels[i] for i in np.argsort(row)[::-1][:TOP_FINDINGS]]
-                    figure = gradcam.plot_gradcam(shipped.model, image, shipped.statistics, labels, top,
-                                                  probabilities=row)
+                    explanations = gradcam.explain_findings(shipped.model, image, shipped.statistics, labels, top,
+                                                            probabilities=row)
+                    figure = plots.plot_gradcam(image, explanations)
                     # Numbered in the order of the table: a.png and a.jpg, or two folders' a.png, stay apart.
                     figure.savefig(args.gradcam / f"{position:04d}_{Path(name).stem}_gradcam.png", dpi=80,
                                    bbox_inches="tight")

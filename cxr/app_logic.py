@@ -19,19 +19,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # before pyplot is imported (cxr.gradcam imports it): no display needed
-
 import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 
-from cxr.gradcam import plot_gradcam  # noqa: E402
+from cxr.gradcam import explain_findings  # noqa: E402
 from cxr.images import ImageReadError, read_image, to_model_size  # noqa: E402
 from cxr.inference import ShippedModel, Standardisation  # noqa: E402
+from cxr.plots import plot_gradcam  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "densenet121_cxr14"
 # MPO is the JPEG that cameras and phones write: a JPEG whose first frame is the picture, with
@@ -197,8 +194,9 @@ class Predictor:
         """The image and its GradCAM for each finding, as one RGB picture (the notebook's figure),
         titled with ``probabilities`` (those of the table)."""
         with self.lock:
-            figure = plot_gradcam(self.model, pixels, self.statistics, self.labels, findings, probabilities=probabilities,
-                                  calibration=self.shipped.calibration)  # fmt: skip
+            explanations = explain_findings(self.model, pixels, self.statistics, self.labels, findings,
+                                            probabilities=probabilities, calibration=self.shipped.calibration)
+            figure = plot_gradcam(pixels, explanations)
             try:
                 buffer = io.BytesIO()
                 figure.savefig(buffer, format="png", dpi=100)

@@ -104,6 +104,29 @@ def reliability(truth: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BI
     return predicted, observed, counts
 
 
+def reliability_curves(
+    truth: np.ndarray, curves: dict[str, np.ndarray], bins: int = ECE_BINS
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The points of reliability diagrams, for ``plots.plot_reliability``.
+
+    Args:
+        truth: (N, C) 0/1 labels. curves: name -> (N, C) probabilities (e.g. before and after calibration).
+
+    Returns:
+        name -> (C, bins) mean probabilities and (C, bins) observed frequencies (NaN where a bin is empty).
+    """
+    truth = np.asarray(truth)
+    points = {}
+    for name, probabilities in curves.items():
+        probabilities = np.asarray(probabilities)
+        if probabilities.shape != truth.shape:
+            raise ValueError(f"{name!r} probabilities have shape {probabilities.shape}, the labels {truth.shape}.")
+        per_class = [reliability(truth[:, column], probabilities[:, column], bins) for column in range(truth.shape[1])]
+        points[name] = (np.array([predicted for predicted, _, _ in per_class]),
+                        np.array([observed for _, observed, _ in per_class]))
+    return points
+
+
 def threshold_at_specificity(truth: np.ndarray, scores: np.ndarray, specificity: float = 0.9) -> np.ndarray:
     """Per class, a threshold whose specificity on these images is the smallest reachable at or above
     ``specificity`` (a case is positive when its score is >= the threshold): midway between the

@@ -1,4 +1,5 @@
-"""Label file parsing, patient-level splits, leakage checks and class frequencies."""
+"""The NIH files and the splits: the label file, the bounding boxes and the expert labels, patient-level
+splits, leakage checks and class frequencies."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ SPLIT_COLUMNS = ("Image", "PatientId", "Resolution")
 # Side of the files in images-64/: too small to score a model on, so they are used for training only.
 LOW_RESOLUTION = 64
 SPLITS = ("train", "valid", "test")
+# NIH boxes are given in the coordinates of the released 1024x1024 images.
+BOX_SOURCE_SIZE = 1024
+BOX_COLUMNS = ("Image", "Finding", "x", "y", "w", "h")
+# The box file calls Infiltration "Infiltrate"; the label file does not.
+BOX_FINDING_NAMES = {"Infiltrate": "Infiltration"}
+# Columns and values of the Google 2019 expert label file.
+EXPERT_IMAGE_COLUMN = "Image Index"
+EXPERT_FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
+EXPERT_POSITIVE, EXPERT_NEGATIVE = "YES", "NO"
 
 
 def read_csv(path: Path, columns: tuple[str, ...], remedy: str) -> pd.DataFrame:
@@ -79,6 +89,54 @@ def read_label_file(path: str | Path) -> pd.DataFrame:
             "row (a repeated row would be trained on twice). Delete the extra row(s)."
         )
     return table
+
+
+def load_boxes(data_dir: str | Path | None = None) -> pd.DataFrame:
+    """The NIH bounding boxes, one row per box, in the 1024-px coordinates of the release.
+
+    The file's header (``Image Index,Finding Label,Bbox [x,y,w,h],,,``) is not a usable one,
+    so the first six fields are read by position. ``Infiltrate`` is renamed ``Infiltration``.
+
+    Returns:
+        DataFrame with ``Image``, ``Finding``, ``x``, ``y``, ``w``, ``h`` (float pixels).
+    """
+    path = config.data_dir(data_dir) / config.BBOX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"Bounding box file {path} not found: it ships with the NIH data folder.")
+    boxes = pd.read_csv(path, header=None, skiprows=1, usecols=range(len(BOX_COLUMNS)), names=list(BOX_COLUMNS))
+    coordinates = list(BOX_COLUMNS[2:])
+    boxes[coordinates] = boxes[coordinates].apply(pd.to_numeric, errors="coerce")
+    bad = boxes[boxes[coordinates].isna().any(axis=1) | (boxes[["w", "h"]] < 0).any(axis=1)]
+    if len(bad):
+        raise ValueError(
+            f"{path}: {len(bad)} box(es) without four valid numbers, first at data row {bad.index[0] + 1}."
+        )
+    boxes["Finding"] = boxes["Finding"].replace(BOX_FINDING_NAMES)
+    return boxes
+
+
+def read_expert_labels(data_dir: str | Path | None = None) -> pd.DataFrame:
+    """The Google 2019 expert labels (Majkowska et al., Radiology 2019) as 0/1 columns.
+
+    Returns:
+        DataFrame with ``Image`` and one 0/1 column per expert finding (``Fracture``,
+        ``Pneumothorax``, ``Airspace opacity``, ``Nodule or mass``).
+    """
+    path = config.data_dir(data_dir) / config.EXPERT_LABEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"Expert label file {path} not found: it ships with the NIH data folder.")
+    table = pd.read_csv(path)
+    findings = list(EXPERT_FINDINGS)
+    missing = [column for column in [EXPERT_IMAGE_COLUMN, *findings] if column not in table]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}.")
+    values = table[findings]
+    unknown = sorted(set(values.to_numpy().ravel()) - {EXPERT_POSITIVE, EXPERT_NEGATIVE}, key=str)
+    if unknown:
+        raise ValueError(f"{path}: expected only {EXPERT_POSITIVE}/{EXPERT_NEGATIVE} labels, found {unknown}.")
+    expert = (values == EXPERT_POSITIVE).astype(np.int8)
+    expert.insert(0, "Image", table[EXPERT_IMAGE_COLUMN])
+    return expert.drop_duplicates("Image").reset_index(drop=True)
 
 
 def findings_to_columns(

@@ -1,5 +1,6 @@
 """Evaluating a multi-label classifier's probabilities: AUROC with bootstrap intervals, ROC and
-precision-recall curves, operating thresholds, confusion matrices and the expert-label check.
+precision-recall curves, operating thresholds, confusion counts and the expert-label check.
+The figures of these numbers are drawn by ``cxr.plots``; the probabilities come from ``cxr.inference``.
 
 Conventions: ``y_true`` is an (N, C) 0/1 array, ``y_score`` an (N, C) array of probabilities,
 ``labels`` the C finding names in column order. A case is called positive when its score is
@@ -12,17 +13,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from sklearn import metrics
 
-from cxr import config
+from cxr import data
 
-# Columns of the Google 2019 expert label file that the comparison reads.
-EXPERT_IMAGE_COLUMN = "Image Index"
-EXPERT_POSITIVE, EXPERT_NEGATIVE = "YES", "NO"
 # Expert finding -> (model labels whose maximum is the score, NIH labels whose "or" is the NIH label).
 EXPERT_COMPARISONS = {
     "Pneumothorax": (("Pneumothorax",), ("Pneumothorax",)),
@@ -311,38 +309,47 @@ def mean_auroc(table: pd.DataFrame) -> float:
 # --- curves --------------------------------------------------------------------------------------
 
 
-def _class_colours(num_classes: int) -> list:
-    palette = plt.get_cmap("tab20" if num_classes > 10 else "tab10")
-    return [palette(i % palette.N) for i in range(num_classes)]
+class RocCurve(NamedTuple):
+    """One class's ROC curve and the area under it."""
+
+    false_positive_rate: np.ndarray
+    true_positive_rate: np.ndarray
+    auroc: float
 
 
-def plot_roc_curves(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]) -> plt.Figure:
-    """ROC curves of all classes in one axes, the legend giving each AUROC.
+class PrecisionRecallCurve(NamedTuple):
+    """One class's precision-recall curve, its average precision and its prevalence in the set."""
+
+    recall: np.ndarray
+    precision: np.ndarray
+    average_precision: float
+    prevalence: float
+
+
+def roc_curves(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]) -> dict[str, RocCurve | None]:
+    """Each class's ROC curve and AUROC, by class name; None for a class without both a positive
+    and a negative case.
 
     Args:
         y_true: (N, C) 0/1 labels. y_score: (N, C) scores. labels: the C class names.
     """
     truth, scores, names = _prepare(y_true, y_score, labels)
-    figure, axes = plt.subplots(figsize=(8, 6.5))
-    axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="Chance (AUROC 0.50)")
-    for column, (name, colour) in enumerate(zip(names, _class_colours(len(names)))):
+    curves = {}
+    for column, name in enumerate(names):
         positives = int(truth[:, column].sum())
         if _not_computable_reason(positives, len(truth) - positives):
-            axes.plot([], [], color=colour, label=f"{name} (not computable)")
+            curves[name] = None
             continue
         false_positive_rate, true_positive_rate, _ = metrics.roc_curve(truth[:, column], scores[:, column])
-        area = auroc(truth[:, column], scores[:, column])
-        axes.plot(false_positive_rate, true_positive_rate, color=colour, linewidth=1.5,
-                  label=f"{name} (AUROC {area:.2f})")
-    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
-             ylabel="True positive rate (sensitivity)", title="ROC curves")
-    axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    figure.tight_layout()
-    return figure
+        curves[name] = RocCurve(false_positive_rate, true_positive_rate, auroc(truth[:, column], scores[:, column]))
+    return curves
 
 
-def plot_precision_recall_curves(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]) -> plt.Figure:
-    """Precision-recall curves of all classes, the legend giving average precision and prevalence.
+def precision_recall_curves(
+    y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]
+) -> dict[str, PrecisionRecallCurve | None]:
+    """Each class's precision-recall curve, average precision and prevalence, by class name; None
+    for a class without a positive case.
 
     Precision depends on prevalence, so a class's chance level is its prevalence in this set
     (which, for a selected subset of the release, is not the clinical one).
@@ -351,22 +358,16 @@ def plot_precision_recall_curves(y_true: np.ndarray, y_score: np.ndarray, labels
         y_true: (N, C) 0/1 labels. y_score: (N, C) scores. labels: the C class names.
     """
     truth, scores, names = _prepare(y_true, y_score, labels)
-    figure, axes = plt.subplots(figsize=(8, 6.5))
-    for column, (name, colour) in enumerate(zip(names, _class_colours(len(names)))):
+    curves = {}
+    for column, name in enumerate(names):
         positives = int(truth[:, column].sum())
-        prevalence = positives / len(truth) if len(truth) else float("nan")
         if not positives:
-            axes.plot([], [], color=colour, label=f"{name} (no positive case)")
+            curves[name] = None
             continue
         precision, recall, _ = metrics.precision_recall_curve(truth[:, column], scores[:, column])
         average_precision = metrics.average_precision_score(truth[:, column], scores[:, column])
-        axes.plot(recall, precision, color=colour, linewidth=1.5,
-                  label=f"{name} (AP {average_precision:.2f}, prevalence {prevalence:.2f})")
-    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)", ylabel="Precision (PPV)",
-             title="Precision-recall curves\n(chance level = each class's prevalence in this set)")
-    axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
-    figure.tight_layout()
-    return figure
+        curves[name] = PrecisionRecallCurve(recall, precision, average_precision, positives / len(truth))
+    return curves
 
 
 # --- thresholds ----------------------------------------------------------------------------------
@@ -481,40 +482,6 @@ def threshold_metrics(
     return table
 
 
-def plot_confusion_matrices(
-    y_true: np.ndarray, y_score: np.ndarray, thresholds: float | np.ndarray, labels: Sequence[str], columns: int = 5
-) -> plt.Figure:
-    """A grid of 2x2 confusion matrices (rows: actual, columns: predicted), one per class, with counts.
-
-    Args:
-        y_true: (N, C) 0/1 labels. y_score: (N, C) scores.
-        thresholds: (C,) thresholds or one for all; positive means score >= threshold.
-        labels: the C class names. columns: matrices per row of the grid.
-    """
-    truth, scores, names = _prepare(y_true, y_score, labels)
-    cutoffs = _as_thresholds(thresholds, truth.shape[1])
-    counts = _confusion_counts(truth, scores, cutoffs)
-    columns = max(1, min(columns, len(names)))
-    rows = int(np.ceil(len(names) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.7 * rows), squeeze=False)
-    for axis in axes.ravel()[len(names):]:
-        axis.axis("off")
-    for column, (axis, name) in enumerate(zip(axes.ravel(), names)):
-        matrix = np.array([[counts["TN"][column], counts["FP"][column]], [counts["FN"][column], counts["TP"][column]]])
-        axis.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
-        for (row, col), value in np.ndenumerate(matrix):
-            # Dark cells get white text.
-            colour = "white" if value > 0.6 * matrix.max() else "black"
-            axis.text(col, row, str(value), ha="center", va="center", color=colour, fontsize=11)
-        axis.set_xticks([0, 1], ["neg", "pos"])
-        axis.set_yticks([0, 1], ["neg", "pos"])
-        axis.set_xlabel("Predicted", fontsize=8)
-        axis.set_ylabel("Actual", fontsize=8)
-        axis.set_title(f"{name}\n(threshold {cutoffs[column]:.2f})", fontsize=9)
-    figure.tight_layout()
-    return figure
-
-
 def classification_report(
     y_true: np.ndarray, y_score: np.ndarray, thresholds: float | np.ndarray, labels: Sequence[str]
 ) -> str:
@@ -531,30 +498,6 @@ def classification_report(
 
 
 # --- expert labels -------------------------------------------------------------------------------
-
-
-def read_expert_labels(data_dir: str | Path | None = None) -> pd.DataFrame:
-    """The Google 2019 expert labels (Majkowska et al., Radiology 2019) as 0/1 columns.
-
-    Returns:
-        DataFrame with ``Image`` and one 0/1 column per expert finding (``Fracture``,
-        ``Pneumothorax``, ``Airspace opacity``, ``Nodule or mass``).
-    """
-    path = config.data_dir(data_dir) / config.EXPERT_LABEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"Expert label file {path} not found: it ships with the NIH data folder.")
-    table = pd.read_csv(path)
-    findings = ["Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass"]
-    missing = [column for column in [EXPERT_IMAGE_COLUMN, *findings] if column not in table]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}.")
-    values = table[findings]
-    unknown = sorted(set(values.to_numpy().ravel()) - {EXPERT_POSITIVE, EXPERT_NEGATIVE}, key=str)
-    if unknown:
-        raise ValueError(f"{path}: expected only {EXPERT_POSITIVE}/{EXPERT_NEGATIVE} labels, found {unknown}.")
-    expert = (values == EXPERT_POSITIVE).astype(np.int8)
-    expert.insert(0, "Image", table[EXPERT_IMAGE_COLUMN])
-    return expert.drop_duplicates("Image").reset_index(drop=True)
 
 
 def expert_label_comparison(
@@ -586,7 +529,7 @@ def expert_label_comparison(
     if missing_labels or missing_columns:
         raise ValueError(f"The comparison needs scores for {needed} (missing {missing_labels}) and split "
                          f"columns Image + {needed} (missing {missing_columns}).")
-    expert = read_expert_labels(data_dir)
+    expert = data.read_expert_labels(data_dir)
     # Positions of the split's rows that have an expert label, in split order.
     expert_rows = expert.set_index("Image").reindex(frame["Image"].to_numpy())
     has_expert = expert_rows.notna().all(axis=1).to_numpy()

@@ -9,26 +9,17 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
 import keras
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from matplotlib.patches import Rectangle
 
-from cxr import config
 from cxr.calibration import calibrate
+from cxr.data import BOX_SOURCE_SIZE
 from cxr.model import LAST_CONV_LAYER
 from cxr.inference import Standardisation, predict, standardise
-
-# NIH boxes are given in the coordinates of the released 1024x1024 images.
-BOX_SOURCE_SIZE = 1024
-BOX_COLUMNS = ("Image", "Finding", "x", "y", "w", "h")
-# The box file calls Infiltration "Infiltrate"; the label file does not.
-BOX_FINDING_NAMES = {"Infiltrate": "Infiltration"}
-OVERLAY_ALPHA = 0.4
 
 Box = tuple[float, float, float, float]
 
@@ -115,33 +106,6 @@ def gradcam_heatmap(
 
 
 # --- bounding boxes ------------------------------------------------------------------------------
-
-
-def load_boxes(data_dir: str | Path | None = None) -> pd.DataFrame:
-    """The NIH bounding boxes, one row per box, in the 1024-px coordinates of the release.
-
-    The file's header (``Image Index,Finding Label,Bbox [x,y,w,h],,,``) is not a usable one,
-    so the first six fields are read by position. ``Infiltrate`` is renamed ``Infiltration``.
-
-    Returns:
-        DataFrame with ``Image``, ``Finding``, ``x``, ``y``, ``w``, ``h`` (float pixels).
-    """
-    path = config.data_dir(data_dir) / config.BBOX_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"Bounding box file {path} not found: it ships with the NIH data folder.")
-    boxes = pd.read_csv(path, header=None, skiprows=1, usecols=range(len(BOX_COLUMNS)), names=list(BOX_COLUMNS))
-    coordinates = list(BOX_COLUMNS[2:])
-    boxes[coordinates] = boxes[coordinates].apply(pd.to_numeric, errors="coerce")
-    bad = boxes[boxes[coordinates].isna().any(axis=1) | (boxes[["w", "h"]] < 0).any(axis=1)]
-    if len(bad):
-        raise ValueError(
-            f"{path}: {len(bad)} box(es) without four valid numbers, first at data row {bad.index[0] + 1}."
-        )
-    boxes["Finding"] = boxes["Finding"].replace(BOX_FINDING_NAMES)
-    return boxes
-
-
-read_boxes = load_boxes  # the same reader under its other name
 
 
 def scale_box(box: Sequence[float] | pd.Series, from_size: float, to_size: float) -> Box:
@@ -367,10 +331,21 @@ def randomisation_check(
     return pd.DataFrame(rows)
 
 
-# --- figure --------------------------------------------------------------------------------------
+# --- explaining findings -------------------------------------------------------------------------
 
 
-def plot_gradcam(
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value
+class Explanation:
+    """GradCAM of one finding on one image, with what its panel of ``plots.plot_gradcam`` shows."""
+
+    finding: str
+    probability: float
+    heatmap: np.ndarray  # (H, W) in [0, 1], all zero where the gradient vanished
+    vanished: bool
+    boxes: tuple[Box, ...] = ()  # the finding's NIH boxes, in the image's pixels
+
+
+def explain_findings(
     model: keras.Model,
     image_uint8: np.ndarray,
     statistics: Standardisation,
@@ -381,19 +356,19 @@ def plot_gradcam(
     box_size: float = BOX_SOURCE_SIZE,
     calibration: dict | None = None,
     probabilities: np.ndarray | None = None,
-) -> plt.Figure:
-    """The image, then its GradCAM for each selected finding (jet, over the grayscale image).
+) -> list[Explanation]:
+    """The GradCAM of each selected finding on one image, for ``plots.plot_gradcam``.
 
     Args:
         model: the classifier. image_uint8: (S, S) uint8 image at the model's input size.
         statistics: the training (mean, std) or ``PER_IMAGE``. labels: the model's class names.
-        selected_labels: findings to explain, one panel each, titled "Finding: p=0.xx".
+        selected_labels: findings to explain, one explanation each.
         boxes: optional boxes of this image (``Finding``, ``x``, ``y``, ``w``, ``h`` in ``box_size``
-            coordinates), drawn on the panel of their finding.
-        calibration: the model card's calibration, so that titles give calibrated probabilities
+            coordinates), kept with their finding's explanation in the image's pixels.
+        calibration: the model card's calibration, so that the probabilities are calibrated
             (None: the network's outputs).
-        probabilities: (C,) the probabilities to put in the titles, when the caller has them already
-            (e.g. with test-time flip); ``calibration`` is then not used.
+        probabilities: (C,) the probabilities to report, when the caller has them already (e.g.
+            with test-time flip); ``calibration`` is then not used.
     """
     image = _check_images(np.asarray(image_uint8)[np.newaxis], model)[0]
     names = list(labels)
@@ -403,23 +378,11 @@ def plot_gradcam(
     model_input = standardise(image[np.newaxis], statistics)
     if probabilities is None:
         probabilities = calibrate(predict(model, image[np.newaxis], statistics, verbose=0), calibration, names)[0]
-    panels = len(selected_labels) + 1
-    figure, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6), squeeze=False)
-    axes = axes[0]
-    axes[0].imshow(image, cmap="gray")
-    axes[0].set_title("Original")
-    for axis, name in zip(axes[1:], selected_labels):
+    explanations = []
+    for name in selected_labels:
         heatmap, vanished = gradcam_heatmap(model, model_input[0], names.index(name), layer_name)
-        axis.imshow(image, cmap="gray")
-        axis.imshow(heatmap, cmap="jet", alpha=OVERLAY_ALPHA, vmin=0, vmax=1)
-        title = f"{name}: p={probabilities[names.index(name)]:.2f}"
-        axis.set_title(title + ("\n(gradient vanished)" if vanished else ""))
-        if boxes is not None:
-            for _, box in boxes[boxes["Finding"] == name].iterrows():
-                x, y, w, h = scale_box(box, box_size, image.shape[0])
-                # imshow puts pixel centres on integers, so pixel edges sit half a pixel before.
-                axis.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor="lime", linewidth=1.5))
-    for axis in axes:
-        axis.axis("off")
-    figure.tight_layout()
-    return figure
+        finding_boxes = () if boxes is None else tuple(
+            scale_box(box, box_size, image.shape[0]) for _, box in boxes[boxes["Finding"] == name].iterrows())
+        probability = float(probabilities[names.index(name)])
+        explanations.append(Explanation(name, probability, heatmap, vanished, finding_boxes))
+    return explanations

@@ -108,3 +108,16 @@ def test_threshold_at_specificity_keeps_that_share_of_negatives_below_it():
         negatives = scores[truth[:, column] == 0, column]
         specificity = (negatives < thresholds[column]).mean()
         assert 0.9 <= specificity < 0.9 + 2 / len(negatives)
+
+
+def test_reliability_curves_are_each_columns_reliability():
+    rng = np.random.default_rng(0)
+    truth = (rng.random((200, 3)) < 0.3).astype(int)
+    probabilities = rng.random((200, 3))
+    predicted, observed = calibration.reliability_curves(truth, {"model": probabilities}, bins=5)["model"]
+    for column in range(3):
+        expected = calibration.reliability(truth[:, column], probabilities[:, column], 5)
+        np.testing.assert_array_equal(predicted[column], expected[0])
+        np.testing.assert_array_equal(observed[column], expected[1])
+    with pytest.raises(ValueError, match="'model'"):
+        calibration.reliability_curves(truth, {"model": probabilities[:10]})

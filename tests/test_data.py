@@ -1,4 +1,5 @@
-"""Label file parsing, label columns, stratified folds, leakage checks and class frequencies (small hand-made frames)."""
+"""Label file parsing, label columns, stratified folds, leakage checks, class frequencies and the NIH side
+files (small hand-made frames)."""
 
 from __future__ import annotations
 
@@ -356,3 +357,55 @@ def test_label_matrix_without_a_label_column_raises():
     frame = small_split_frame().drop(columns="Mass")
     with pytest.raises(ValueError, match="'Mass'"):
         data.label_matrix(frame)
+
+
+# --- side files: bounding boxes and expert labels ------------------------------------------------
+
+
+def test_load_boxes_reads_the_real_file(tmp_path):
+    try:
+        data_dir = config.data_dir()
+    except FileNotFoundError:
+        pytest.skip("NIH data directory not available")
+    boxes = data.load_boxes(data_dir)
+    assert list(boxes.columns) == ["Image", "Finding", "x", "y", "w", "h"]
+    assert len(boxes) == 984 and boxes[["x", "y", "w", "h"]].notna().all().all()
+    assert set(boxes["Finding"]) <= set(config.LABELS)
+    assert boxes[["x", "y"]].to_numpy().max() < 1024
+
+
+def test_load_boxes_parses_the_odd_header(tmp_path):
+    text = "Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Infiltrate,10.5,20,30,40\nb.png,Mass,1,2,3,4,,,\n"
+    (tmp_path / config.BBOX_FILE).write_bytes(gzip.compress(text.encode()))
+    boxes = data.load_boxes(tmp_path)
+    assert boxes.to_dict("records") == [
+        {"Image": "a.png", "Finding": "Infiltration", "x": 10.5, "y": 20.0, "w": 30.0, "h": 40.0},
+        {"Image": "b.png", "Finding": "Mass", "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0},
+    ]
+
+
+def test_read_expert_labels_gives_one_row_per_image_of_0_1_columns(tmp_path):
+    pd.DataFrame({
+        "Image Index": ["a.png", "a.png", "b.png"],
+        "Fracture": ["NO", "NO", "YES"],
+        "Pneumothorax": ["YES", "YES", "NO"],
+        "Airspace opacity": ["NO", "NO", "NO"],
+        "Nodule or mass": ["NO", "NO", "YES"],
+    }).to_csv(tmp_path / config.EXPERT_LABEL_FILE, index=False)
+    expert = data.read_expert_labels(tmp_path)
+    assert list(expert.columns) == ["Image", *data.EXPERT_FINDINGS]
+    assert expert.to_dict("records") == [
+        {"Image": "a.png", "Fracture": 0, "Pneumothorax": 1, "Airspace opacity": 0, "Nodule or mass": 0},
+        {"Image": "b.png", "Fracture": 1, "Pneumothorax": 0, "Airspace opacity": 0, "Nodule or mass": 1},
+    ]
+
+
+def test_read_expert_labels_names_the_file_and_the_unexpected_values(tmp_path):
+    expert = {"Image Index": ["a.png"], "Fracture": ["MAYBE"], "Pneumothorax": ["NO"], "Airspace opacity": ["NO"],
+              "Nodule or mass": ["NO"]}
+    pd.DataFrame(expert).to_csv(tmp_path / config.EXPERT_LABEL_FILE, index=False)
+    with pytest.raises(ValueError, match=r"google2019.*MAYBE"):
+        data.read_expert_labels(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="Expert label file"):
+        data.read_expert_labels(tmp_path / "empty")

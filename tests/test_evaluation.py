@@ -1,4 +1,4 @@
-"""Evaluation: rank AUROC against scikit-learn, bootstrap intervals, thresholds, metrics, figures
+"""Evaluation: rank AUROC against scikit-learn, bootstrap intervals, curves, thresholds, metrics
 and the expert-label comparison (on the real test split when the NIH data is present)."""
 
 from __future__ import annotations
@@ -6,17 +6,12 @@ from __future__ import annotations
 import time
 import warnings
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
-from cxr import config, data, evaluation  # noqa: E402
+from cxr import config, data, evaluation
 
 LABELS3 = ("A", "B", "C")
 
@@ -267,55 +262,25 @@ def test_classification_report_names_every_label():
     assert all(label in report for label in LABELS3) and "macro avg" in report
 
 
-# --- figures -------------------------------------------------------------------------------------
+# --- curves --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "plot",
-    [
-        lambda t, s: evaluation.plot_roc_curves(t, s, LABELS3),
-        lambda t, s: evaluation.plot_precision_recall_curves(t, s, LABELS3),
-        lambda t, s: evaluation.plot_confusion_matrices(t, s, [0.5, 0.5, 0.5], LABELS3),
-    ],
-    ids=["roc", "precision-recall", "confusion"],
-)
-def test_figures_are_returned_even_with_a_class_lacking_positives(plot, no_warnings):
+def test_roc_curves_give_each_auroc_and_none_where_not_computable():
     y_true, y_score, _ = random_case(0)
     y_true[:, 1] = 0
-    figure = plot(y_true, y_score)
-    try:
-        assert isinstance(figure, plt.Figure)
-    finally:
-        plt.close(figure)
+    curves = evaluation.roc_curves(y_true, y_score, LABELS3)
+    assert list(curves) == list(LABELS3) and curves["B"] is None
+    assert curves["A"].auroc == pytest.approx(roc_auc_score(y_true[:, 0], y_score[:, 0]))
+    assert curves["A"].false_positive_rate[-1] == curves["A"].true_positive_rate[-1] == 1.0
 
 
-def legend_texts(figure: plt.Figure) -> list[str]:
-    """The legend entries of the figure's first axes; the figure is closed."""
-    try:
-        return [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
-    finally:
-        plt.close(figure)
-
-
-def test_roc_legend_gives_each_auroc():
+def test_precision_recall_curves_give_average_precision_and_prevalence():
     y_true, y_score, _ = random_case(0)
-    texts = legend_texts(evaluation.plot_roc_curves(y_true, y_score, LABELS3))
-    assert f"A (AUROC {roc_auc_score(y_true[:, 0], y_score[:, 0]):.2f})" in texts
-
-
-def test_precision_recall_figure_mentions_prevalence():
-    y_true, y_score, _ = random_case(0)
-    texts = legend_texts(evaluation.plot_precision_recall_curves(y_true, y_score, LABELS3))
-    assert len(texts) == 3 and all("AP " in text and "prevalence" in text for text in texts)
-
-
-def test_confusion_grid_has_one_matrix_per_class():
-    y_true, y_score, _ = random_case(0, classes=7)
-    figure = evaluation.plot_confusion_matrices(y_true, y_score, 0.5, tuple("ABCDEFG"), columns=4)
-    try:
-        assert sum(axis.get_visible() and axis.axison for axis in figure.axes) == 7
-    finally:
-        plt.close(figure)
+    y_true[:, 2] = 0
+    curves = evaluation.precision_recall_curves(y_true, y_score, LABELS3)
+    assert curves["C"] is None
+    assert curves["A"].prevalence == pytest.approx(y_true[:, 0].mean())
+    assert curves["A"].average_precision == pytest.approx(average_precision_score(y_true[:, 0], y_score[:, 0]))
 
 
 # --- expert labels -------------------------------------------------------------------------------

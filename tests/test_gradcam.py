@@ -1,4 +1,4 @@
-"""GradCAM heatmaps, bounding boxes and localisation scores.
+"""GradCAM heatmaps, agreement with bounding boxes, localisation scores and the GradCAM figure.
 
 Most checks use a hand-wired 16x16 model whose answer is known: its "relu" layer has a channel
 that is bright where the image is bright (class "bright") and one bright where the image is dark
@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from cxr import config, gradcam  # noqa: E402
+from cxr import config, gradcam, plots  # noqa: E402
 from cxr.model import LAST_CONV_LAYER, build_densenet121  # noqa: E402
 from cxr.inference import standardise  # noqa: E402
 
@@ -188,28 +188,6 @@ def test_box_on_a_bad_heatmap_raises():
         gradcam.pointing_game_hit(hand_heatmap(), (0, 0, -1, 1))
 
 
-def test_load_boxes_reads_the_real_file(tmp_path):
-    try:
-        data_dir = config.data_dir()
-    except FileNotFoundError:
-        pytest.skip("NIH data directory not available")
-    boxes = gradcam.load_boxes(data_dir)
-    assert list(boxes.columns) == ["Image", "Finding", "x", "y", "w", "h"]
-    assert len(boxes) == 984 and boxes[["x", "y", "w", "h"]].notna().all().all()
-    assert set(boxes["Finding"]) <= set(config.LABELS)
-    assert boxes[["x", "y"]].to_numpy().max() < 1024
-
-
-def test_load_boxes_parses_the_odd_header(tmp_path):
-    text = "Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Infiltrate,10.5,20,30,40\nb.png,Mass,1,2,3,4,,,\n"
-    (tmp_path / config.BBOX_FILE).write_bytes(__import__("gzip").compress(text.encode()))
-    boxes = gradcam.load_boxes(tmp_path)
-    assert boxes.to_dict("records") == [
-        {"Image": "a.png", "Finding": "Infiltration", "x": 10.5, "y": 20.0, "w": 30.0, "h": 40.0},
-        {"Image": "b.png", "Finding": "Mass", "x": 1.0, "y": 2.0, "w": 3.0, "h": 4.0},
-    ]
-
-
 # --- localisation --------------------------------------------------------------------------------
 
 
@@ -281,9 +259,24 @@ def test_localisation_rejects_images_of_the_wrong_size(model):
 # --- figure --------------------------------------------------------------------------------------
 
 
+def test_explain_findings_keeps_each_findings_boxes_in_image_pixels(model):
+    boxes = pd.DataFrame([("one.png", "bright", *BLOB_BOX_1024)], columns=["Image", "Finding", "x", "y", "w", "h"])
+    explanations = gradcam.explain_findings(model, blob_image(), STATISTICS, LABELS, ["bright", "dark"], boxes=boxes)
+    assert [explanation.finding for explanation in explanations] == ["bright", "dark"]
+    assert explanations[0].boxes == (BLOB_BOX,) and explanations[1].boxes == ()
+    assert explanations[0].heatmap.shape == (SIZE, SIZE) and 0 <= explanations[0].probability <= 1
+
+
+def test_explain_findings_reports_the_probabilities_it_is_given(model):
+    explanations = gradcam.explain_findings(model, blob_image(), STATISTICS, LABELS, ["dark"],
+                                            probabilities=np.array([0.1, 0.7]))
+    assert explanations[0].probability == pytest.approx(0.7)
+
+
 def test_plot_gradcam_returns_a_figure_with_a_panel_per_finding(model):
     boxes = pd.DataFrame([("one.png", "bright", *BLOB_BOX_1024)], columns=["Image", "Finding", "x", "y", "w", "h"])
-    figure = gradcam.plot_gradcam(model, blob_image(), STATISTICS, LABELS, ["bright", "dark"], boxes=boxes)
+    explanations = gradcam.explain_findings(model, blob_image(), STATISTICS, LABELS, ["bright", "dark"], boxes=boxes)
+    figure = plots.plot_gradcam(blob_image(), explanations)
     try:
         assert isinstance(figure, plt.Figure)
         assert len(figure.axes) == 3
@@ -293,13 +286,6 @@ def test_plot_gradcam_returns_a_figure_with_a_panel_per_finding(model):
         plt.close(figure)
 
 
-def test_plot_gradcam_rejects_unknown_findings(model):
+def test_explain_findings_rejects_unknown_findings(model):
     with pytest.raises(ValueError, match="unknown"):
-        gradcam.plot_gradcam(model, blob_image(), STATISTICS, LABELS, ["Mass"])
-
-
-def test_randomisation_check_correlates_a_model_with_itself_and_names_each_image(model):
-    images = np.stack([blob_image(), blob_image()])
-    same = gradcam.randomisation_check(model, model, images, STATISTICS, [0, 0])
-    assert same["class"].tolist() == [0, 0]
-    np.testing.assert_allclose(same["spearman"], 1.0)
+        gradcam.explain_findings(model, blob_image(), STATISTICS, LABELS, ["Mass"])

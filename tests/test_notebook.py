@@ -1,6 +1,9 @@
 """The notebook's graded exercises: they agree with util.py, and the generated student version fails
-the public tests that the solution passes."""
+the public tests that the solution passes; the notebook imports util only, and util does nothing at import."""
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -101,3 +104,18 @@ def test_solution_passes_and_student_version_fails_the_public_tests(notebook):
         assert "All tests passed." in output_text(cell), cell.source
     for cell in student_checks:
         assert "NotImplementedError" in output_text(cell) and "All tests passed." not in output_text(cell), cell.source
+
+
+def test_the_notebook_imports_util_only_and_util_gives_every_name_it_uses(notebook):
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert not re.search(r"^\s*(from|import)\s+cxr\b", code, re.MULTILINE)
+    used = set(re.findall(r"\butil\.(\w+)", code))
+    assert used <= set(util.__all__), used - set(util.__all__)
+    assert all(getattr(util, name) is not None for name in used)
+
+
+def test_importing_util_does_nothing():
+    loaded = "sorted(m for m in sys.modules if m.split('.')[0] in ('cxr', 'keras', 'tensorflow'))"
+    script = f"import sys, util; print({loaded})"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
