@@ -1,4 +1,4 @@
-"""Label file parsing, label columns, stratified folds, leakage checks and class frequencies (small hand-made frames)."""
+"""Label file parsing, label columns, stratified folds, leakage checks and class frequencies (hand-made frames)."""
 
 from __future__ import annotations
 
