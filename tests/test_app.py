@@ -386,9 +386,14 @@ def test_missing_or_incomplete_settings_are_named(tmp_path):
 
 
 def test_the_shipped_json_reads(predictor):
-    found = app_logic.read_settings(model_files(SHIPPED)[0])
-    assert found["labels"] == predictor.labels
-    assert found["statistics"] == PER_IMAGE or found["statistics"][1] > 0
+    path = model_files(SHIPPED)[0]
+    found, shipped = app_logic.read_settings(path), json.loads(path.read_text())
+    assert found["labels"] == predictor.labels == shipped["labels"]
+    assert found["image_size"] == shipped["image_size"]
+    # The standardisation the JSON chose: per image, or the training split's (mean, std).
+    normalisation = shipped["normalisation"]
+    per_image = shipped.get("standardisation") == PER_IMAGE
+    assert found["statistics"] == (PER_IMAGE if per_image else (normalisation["mean"], normalisation["std"]))
 
 
 # --- the page's side of it (app.py, without a server) ---------------------------------------------

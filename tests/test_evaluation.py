@@ -343,6 +343,7 @@ def test_predict_probabilities_standardises_like_validation():
         evaluation.predict_probabilities(model, images[0], statistics, verbose=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("statistics", [(120.0, 50.0), PER_IMAGE], ids=["training-statistics", "per-image"])
 def test_predict_probabilities_matches_plain_predict_of_densenet121(statistics):
     # The project's inference path against plain model.predict on the same standardised batch, for the

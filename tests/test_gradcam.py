@@ -188,12 +188,8 @@ def test_box_on_a_bad_heatmap_raises():
         gradcam.pointing_game_hit(hand_heatmap(), (0, 0, -1, 1))
 
 
-def test_load_boxes_reads_the_real_file(tmp_path):
-    try:
-        data_dir = config.data_dir()
-    except FileNotFoundError:
-        pytest.skip("NIH data directory not available")
-    boxes = gradcam.load_boxes(data_dir)
+def test_load_boxes_reads_the_real_file(nih_dir):
+    boxes = gradcam.load_boxes(nih_dir)
     assert list(boxes.columns) == ["Image", "Finding", "x", "y", "w", "h"]
     assert len(boxes) == 984 and boxes[["x", "y", "w", "h"]].notna().all().all()
     assert set(boxes["Finding"]) <= set(config.LABELS)

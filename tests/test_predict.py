@@ -14,6 +14,8 @@ from cxr import calibration, config, evaluation, images
 from cxr.model import load_shipped_model
 
 MODEL = config.MODEL_DIR / "densenet121_cxr14"
+# Each test runs predict.py on the shipped 224-px model: seconds to tens of seconds apiece.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -72,8 +72,13 @@ def _read_state(output: Path) -> dict | None:
 
 
 def _loadable(weights: Path) -> bool:
-    load_pretrained_weights(build_densenet121(len(config.LABELS), 32), weights)
-    return True
+    """Whether ``weights`` load into the run's model and replace its classifier's initial weights (a file
+    that loads but holds other or untrained values leaves them as they were)."""
+    keras.utils.set_random_seed(config.SEED)
+    model = build_densenet121(len(config.LABELS), 32)
+    initial = model.layers[-1].get_weights()
+    load_pretrained_weights(model, weights)
+    return all(not np.array_equal(before, after) for before, after in zip(initial, model.layers[-1].get_weights()))
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +226,7 @@ class _Snapshot(keras.callbacks.Callback):
         self.listings.append((state, sorted(p.name for p in self.directory.iterdir())))
 
 
+@pytest.mark.slow
 def test_checkpoint_commits_state_atomically_and_keeps_one_last_epoch_file(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype("float32")
@@ -484,6 +490,7 @@ def test_progressive_resizing_trains_early_epochs_small_and_the_rest_at_the_imag
     assert resumed == [64] * 3
 
 
+@pytest.mark.slow
 def test_with_weight_averaging_validation_and_best_weights_are_the_average(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype("float32")
@@ -554,7 +561,8 @@ def test_a_run_saved_before_the_precision_setting_existed_counts_as_float32():
 # --- train() on a small stand-in for DenseNet121: resumes, bad run directories, a full disk --------------
 
 
-def _small_densenet(num_classes: int, image_size: int | None, weights=None, precision: str = "float32") -> keras.Model:
+def _small_densenet(num_classes: int, image_size: int | None, weights=None, precision: str = "float32",
+                    dropout: float = 0.0) -> keras.Model:
     """DenseNet121's input and output, with a model small enough to train in seconds."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
