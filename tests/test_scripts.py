@@ -16,7 +16,7 @@ import pytest
 
 import export_model
 import split_data
-from cxr import config, images
+from cxr import config, data, images
 from cxr.model import build_densenet121, load_pretrained_weights, load_shipped_model
 from cxr.pipeline import PER_IMAGE
 from cxr.training import BEST_WEIGHTS
@@ -59,11 +59,11 @@ def test_export_names_what_an_unfinished_run_lacks(tmp_path, monkeypatch):
 
 def tiny_splits(folder: Path, per_finding: int = 8) -> Path:
     """Subsets of the committed splits (so still patient-disjoint) with positives of every finding of the
-    4-class variant and images without a finding, full resolution only."""
+    4-class variant and images without a finding, none of the 64-px ones."""
     folder.mkdir()
     for name in ("train", "valid", "test"):
         frame = pd.read_csv(config.SPLIT_DIR / f"{name}.csv")
-        frame = frame[frame["Resolution"] >= 1024]
+        frame = frame[~data.is_low_resolution(frame)]
         chosen = [frame[frame[finding] == 1].head(per_finding) for finding in FINDINGS]
         chosen.append(frame[frame[list(config.LABELS)].sum(axis=1) == 0].head(per_finding))
         pd.concat(chosen).drop_duplicates("Image").to_csv(folder / f"{name}.csv", index=False)
