@@ -1,12 +1,13 @@
 # make notebook   set up .venv and execute the notebook on the real data (writes it and its figures)
 # make lint       ruff: pycodestyle, pyflakes, import order (pyproject.toml); no reformatting
 # make test       set up .venv, lint, then run every test, the notebook's outputs included (nbval)
-# make test-fast  the tests without the slow ones, for the inner loop
+#                 (installs Debian's chromium for the browser tests of the web app if it is missing)
+# make test-fast  the tests without the slow ones, for the inner loop (`-m "not slow and not data"`
+#                 in pytest: without the NIH data either)
 # make train      train the shipped model's recipe (resumable: the same command continues after a stop;
 #                 about 1.5 hours on 2 CPU cores), then `make export` writes it to models/
 # make bench      add the benchmark's extra candidates to .venv and write bench/RESULTS.md (under 25 min;
 #                 `.venv/bin/python -m bench.run --explore` measures the exploration candidates too)
-#                 (installs Debian's chromium for the browser tests of the web app if it is missing)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,11 +30,12 @@ train: $(BIN)/activate
 export: $(BIN)/activate
 	$(BIN)/python export_model.py $(RUN) --destination models/densenet121_cxr14 --float16
 
+# The pinned requirements, then the project itself, editable (pyproject.toml): `import cxr` works from
+# any directory.
 $(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	# The project itself, editable (pyproject.toml): `import cxr` from any directory.
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(BIN)/activate
 
