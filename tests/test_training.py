@@ -31,14 +31,6 @@ KILL_DEADLINE_S = 400
 RUN_TIMEOUT_S = 400
 
 
-def _data_available() -> bool:
-    try:
-        config.data_dir()
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def _train_command(output: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -82,10 +74,8 @@ def _loadable(weights: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory) -> dict:
+def killed_and_resumed(tmp_path_factory, nih_dir) -> dict:
     """Start a tiny real run, SIGKILL it after its first committed epoch, then run it again to the end."""
-    if not _data_available():
-        pytest.skip(f"NIH data not found (set ${config.DATA_DIR_VARIABLE}); the training run needs real images.")
     output = tmp_path_factory.mktemp("run")
     killed_log = output.parent / "killed-run.log"
     with open(killed_log, "w") as log:
