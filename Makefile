@@ -1,16 +1,19 @@
 # make notebook   set up .venv and execute the notebook on the real data (writes it and its figures)
-# make test       set up .venv and run every test, the notebook's outputs included (nbval)
-# make test-fast  the tests without the slow ones, for the inner loop
+# make lint       ruff: pycodestyle, pyflakes, import order (pyproject.toml); no reformatting
+# make test       set up .venv, lint, then run every test, the notebook's outputs included (nbval)
+#                 (installs Debian's chromium for the browser tests of the web app if it is missing)
+# make test-fast  the tests without the slow ones, for the inner loop (`-m "not slow and not data"`
+#                 in pytest: without the NIH data either)
 # make train      train the shipped model's recipe (resumable: the same command continues after a stop;
 #                 about 1.5 hours on 2 CPU cores), then `make export` writes it to models/
-# make bench      add the benchmark's extra candidates to .venv and write bench/RESULTS.md (about 25 min)
-#                 (installs Debian's chromium for the browser tests of the web app if it is missing)
+# make bench      add the benchmark's extra candidates to .venv and write bench/RESULTS.md (under 25 min;
+#                 `.venv/bin/python -m bench.run --explore` measures the exploration candidates too)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: notebook test test-fast bench student clean browser train export
+.PHONY: notebook lint test test-fast bench student clean browser train export
 
 # The shipped model's recipe (models/README.md), two resumable runs under nice (so that they yield to
 # other work): 30 epochs at 128 px then 6 at 224 (progressive resizing), AdamW with warm-up and cosine
@@ -27,10 +30,13 @@ train: $(BIN)/activate
 export: $(BIN)/activate
 	$(BIN)/python export_model.py $(RUN) --destination models/densenet121_cxr14 --float16
 
-$(BIN)/activate: requirements.txt requirements-dev.txt
+# The pinned requirements, then the project itself, editable (pyproject.toml): `import cxr` works from
+# any directory.
+$(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(BIN)/activate
 
 notebook: $(BIN)/activate
@@ -47,7 +53,10 @@ browser:
 	$$SUDO apt-get update && \
 	$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
-test: $(BIN)/activate browser
+lint: $(BIN)/activate
+	$(BIN)/ruff check .
+
+test: lint browser
 	$(BIN)/python -m pytest
 
 # The inner loop: the unit and data tests, without the slow ones (subprocesses, browser, notebook).
@@ -57,7 +66,7 @@ test-fast: $(BIN)/activate
 # Nothing else may use the CPU meanwhile: the figures are ratios, but a busy machine still skews them.
 bench: $(BIN)/activate
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 # The learner's copy: solutions replaced by stubs, outputs cleared (student/chest_x_ray_diagnosis.ipynb).
 student: $(BIN)/activate

@@ -1,6 +1,7 @@
 """Generate the student version of the notebook: solutions removed, outputs cleared.
 
-    python make_student_notebook.py [--source chest_x_ray_diagnosis.ipynb] [--output student/chest_x_ray_diagnosis.ipynb]
+    python make_student_notebook.py [--source chest_x_ray_diagnosis.ipynb] \
+        [--output student/chest_x_ray_diagnosis.ipynb]
 
 Follows nbgrader's convention: the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION``
 (markers included) become ``raise NotImplementedError()`` at the same indentation, so the

@@ -27,7 +27,8 @@ def check_for_leakage_test(target):
     try:
         result = target(*renamed, "PatientId")
     except KeyError as error:
-        raise AssertionError(f"use the patient_col argument to find the patient column (got KeyError {error})") from None
+        raise AssertionError(
+            f"use the patient_col argument to find the patient column (got KeyError {error})") from None
     assert result is True, "use the patient_col argument to find the patient column"
     print("All tests passed.")
 

@@ -18,7 +18,8 @@ from cxr import config, data
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", help=f"NIH data directory (default: ${config.DATA_DIR_VARIABLE} or ../shared/data/nih)")
+    parser.add_argument("--data-dir",
+                        help=f"NIH data directory (default: ${config.DATA_DIR_VARIABLE} or ../shared/data/nih)")
     parser.add_argument("--seed", type=int, default=config.SEED)
     parser.add_argument("--output-dir", default=str(config.SPLIT_DIR))
     parser.add_argument("--fresh", action="store_true", help="ignore the splits in --output-dir and split anew")

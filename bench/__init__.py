@@ -1,1 +1,1 @@
-"""Throughput benchmarks of the project against plain Keras baselines (``python bench/run.py``)."""
+"""Throughput benchmarks of the project against plain Keras baselines (``python -m bench.run``)."""

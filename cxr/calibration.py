@@ -81,7 +81,8 @@ def calibrate(scores: np.ndarray, calibration: dict | None, labels: Sequence[str
     missing = [label for label in labels if label not in calibration.get("shift", {})]
     if missing:
         raise ValueError(f"calibration has no parameters for {missing}: export the model again.")
-    parameters = {name: np.array([calibration[name][label] for label in labels]) for name in ("shift", "slope", "intercept")}
+    parameters = {name: np.array([calibration[name][label] for label in labels])
+                  for name in ("shift", "slope", "intercept")}
     return sigmoid(parameters["slope"] * (logit(scores) - parameters["shift"]) + parameters["intercept"])
 
 
@@ -93,7 +94,8 @@ def expected_calibration_error(truth: np.ndarray, probabilities: np.ndarray, bin
     return float(np.sum(counts[filled] / counts.sum() * np.abs(predicted[filled] - observed[filled])))
 
 
-def reliability(truth: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reliability(truth: np.ndarray, probabilities: np.ndarray,
+                bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width bin: mean probability, observed frequency and number of images (NaN where empty)."""
     truth, probabilities = np.asarray(truth, dtype=np.float64), np.asarray(probabilities, dtype=np.float64)
     which = np.minimum((probabilities * bins).astype(int), bins - 1)

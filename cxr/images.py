@@ -13,7 +13,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxr import data
 
-
 # Every image passes through this side before the model's size. The files come at 512, 320 and 256 px,
 # and their size goes with the subset they were taken from (512 px: mostly the No Finding and
 # Pneumonia picks), so resampling each straight to the model's size would leave size-specific traces

@@ -1,4 +1,7 @@
-"""Shared test setup: make the repository importable however pytest is started, and shared fixtures."""
+"""Shared fixtures: the NIH data directory, a test image and the app on a free port.
+
+The scripts at the repository root (export_model.py, split_data.py, ...) are importable through
+pytest.ini's ``pythonpath``; the ``cxr`` package through the editable install (pyproject.toml)."""
 
 import contextlib
 import os
@@ -14,8 +17,27 @@ import pandas as pd
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+
+
+# Tests using these fixtures carry the marker, so that the rule lives in one place: every test reading the
+# NIH data directory is a `data` test (`-m "not data"` runs without the data); the tests resting on
+# fixtures that take many seconds are `slow` (`make test-fast` skips them): every kind of DenseNet121
+# weight file (test_model.py), GradCAM on a whole DenseNet121 (test_gradcam.py), 200 decoded 512-px
+# originals (test_baselines.py).
+MARKED_BY_FIXTURE = {
+    "nih_dir": pytest.mark.data,
+    "weight_files": pytest.mark.slow,
+    "densenet": pytest.mark.slow,
+    "large_originals": pytest.mark.slow,
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in MARKED_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +98,8 @@ def running_app(folder: Path):
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not serve {url} within {APP_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+                pytest.fail(f"app.py did not serve {url} within {APP_START_TIMEOUT_S} s:\n"
+                            f"{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
         yield url, port, log_path
     finally:

@@ -37,7 +37,8 @@ def test_paired_difference_is_clearly_positive_for_a_better_model_and_zero_again
     table = evaluation.compare_mean_auroc(
         truth, {"noise": noise, "good": good, "same": noise}, patients, reference="noise", n_bootstrap=300
     )
-    assert table.loc["good", "difference"] == pytest.approx(table.loc["good", "mean AUROC"] - table.loc["noise", "mean AUROC"])
+    assert table.loc["good", "difference"] == pytest.approx(
+        table.loc["good", "mean AUROC"] - table.loc["noise", "mean AUROC"])
     assert table.loc["good", "difference CI low"] > 0.2
     assert table.loc["same", ["difference", "difference CI low", "difference CI high"]].tolist() == [0, 0, 0]
 

@@ -362,12 +362,8 @@ def test_label_matrix_without_a_label_column_raises():
 # --- side files: bounding boxes and expert labels ------------------------------------------------
 
 
-def test_load_boxes_reads_the_real_file(tmp_path):
-    try:
-        data_dir = config.data_dir()
-    except FileNotFoundError:
-        pytest.skip("NIH data directory not available")
-    boxes = data.load_boxes(data_dir)
+def test_load_boxes_reads_the_real_file(nih_dir):
+    boxes = data.load_boxes(nih_dir)
     assert list(boxes.columns) == ["Image", "Finding", "x", "y", "w", "h"]
     assert len(boxes) == 984 and boxes[["x", "y", "w", "h"]].notna().all().all()
     assert set(boxes["Finding"]) <= set(config.LABELS)

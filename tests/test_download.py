@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 import download_data
-from cxr import config
-from cxr import download
+from cxr import config, download
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # content is never decoded here
 

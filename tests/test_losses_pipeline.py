@@ -72,7 +72,8 @@ def test_weighted_loss_is_finite_for_predictions_of_exactly_0_and_1(y_pred_of):
     value = np.asarray(losses.get_weighted_loss(pos_weights, neg_weights)(y_true, y_pred))
     assert value.shape == () and np.isfinite(value)
     # float32 rounds 1 + 1e-7 to 1, so log(1 - 1 + eps) differs slightly from float64: compare loosely.
-    np.testing.assert_allclose(value, numpy_weighted_loss(y_true, y_pred, pos_weights, neg_weights), rtol=2e-2, atol=1e-5)
+    np.testing.assert_allclose(value, numpy_weighted_loss(y_true, y_pred, pos_weights, neg_weights),
+                               rtol=2e-2, atol=1e-5)
 
 
 def test_weighted_loss_trains_a_tiny_keras_model():

@@ -159,8 +159,7 @@ def test_outputs_are_sigmoid_probabilities(model14):
 
 
 def test_relu_layer_is_the_last_convolutional_activation(model14):
-    relu = model14.get_layer("relu")
-    assert LAST_CONV_LAYER == "relu"
+    relu = model14.get_layer(LAST_CONV_LAYER)
     assert isinstance(relu, keras.layers.Activation)
     assert len(relu.output.shape) == 4  # (batch, height, width, channels): a feature map for GradCAM
     assert relu.output.shape[-1] == 1024
@@ -178,6 +177,7 @@ def test_four_class_variant_has_four_outputs(model4):
     assert model4.get_layer("relu").output.shape[-1] == 1024
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_computes_in_bfloat16_keeps_float32_weights_and_a_float32_head(tmp_path, model14):
     policy_before = keras.config.dtype_policy().name
     mixed = build_densenet121(len(config.LABELS), SIZE, precision="mixed_bfloat16")
@@ -260,6 +260,7 @@ def test_fused_batch_norm_falls_back_to_keras_where_the_fused_op_does_not_apply(
     np.testing.assert_array_equal(flat_fused(flat, training=True), flat_plain(flat, training=True))
 
 
+@pytest.mark.slow
 def test_densenet_uses_fused_batch_norm_and_reads_weights_saved_from_plain_keras_layers(tmp_path, inputs):
     network = build_densenet121(len(config.LABELS), SIZE)
     kinds = {type(layer) for layer in network.layers}
@@ -275,6 +276,7 @@ def test_densenet_uses_fused_batch_norm_and_reads_weights_saved_from_plain_keras
     np.testing.assert_allclose(_predict(network, inputs), _predict(plain, inputs), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_before_the_head_trains_only_and_shares_the_weight_files(tmp_path, inputs):
     dropped = build_densenet121(len(config.LABELS), SIZE, dropout=0.5)
     assert dropped.get_layer("head_dropout").rate == 0.5
@@ -287,6 +289,7 @@ def test_dropout_before_the_head_trains_only_and_shares_the_weight_files(tmp_pat
     assert not np.allclose(features(inputs, training=True), features(inputs, training=False))
 
 
+@pytest.mark.slow
 def test_input_size_is_configurable():
     network = build_densenet121(3, image_size=64)
     assert network.input_shape == (None, 64, 64, 3)

@@ -57,9 +57,11 @@ def test_notebook_exercises_agree_with_util_on_random_inputs(notebook):
 
 
 def test_strip_solutions_keeps_hints_and_indentation():
-    source = "def f():\n    ### START CODE HERE ###\n    ### BEGIN SOLUTION\n    x = 1\n    ### END SOLUTION\n    ### END CODE HERE ###\n    return x"
+    source = ("def f():\n    ### START CODE HERE ###\n    ### BEGIN SOLUTION\n    x = 1\n    ### END SOLUTION\n"
+              "    ### END CODE HERE ###\n    return x")
     stripped = make_student_notebook.strip_solutions(source)
-    assert stripped == "def f():\n    ### START CODE HERE ###\n    raise NotImplementedError()\n    ### END CODE HERE ###\n    return x"
+    assert stripped == ("def f():\n    ### START CODE HERE ###\n    raise NotImplementedError()\n"
+                        "    ### END CODE HERE ###\n    return x")
 
 
 @pytest.mark.parametrize(

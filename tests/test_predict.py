@@ -16,6 +16,8 @@ from cxr.inference import ShippedModel
 from cxr.inference import predict as predict_scores
 
 MODEL = config.MODEL_DIR / "densenet121_cxr14"
+# Each test runs predict.py on the shipped 224-px model: seconds to tens of seconds apiece.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ spec.loader.exec_module(same_outputs)
 
 def notebook(tmp_path, name, printed: str, ignored_printed: str = "12:00:01") -> str:
     cells = [new_code_cell("print(x)", outputs=[new_output("stream", name="stdout", text=printed)]),
-             new_code_cell("# NBVAL_IGNORE_OUTPUT\nprint(time)", outputs=[new_output("stream", name="stdout", text=ignored_printed)])]  # fmt: skip
+             new_code_cell("# NBVAL_IGNORE_OUTPUT\nprint(time)",
+                           outputs=[new_output("stream", name="stdout", text=ignored_printed)])]
     path = tmp_path / name
     nbformat.write(new_notebook(cells=cells), path)
     return str(path)

@@ -1,17 +1,28 @@
 """The command-line scripts' own behaviour: split_data.py's all-or-nothing write, export_model.py's
-refusal of an unfinished run."""
+refusal of an unfinished run and its export of a tiny real one."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 import export_model
 import split_data
-from cxr import config
+from cxr import config, data, images
+from cxr.model import build_densenet121, load_pretrained_weights, load_shipped_model
+from cxr.pipeline import PER_IMAGE
+from cxr.training import BEST_WEIGHTS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FINDINGS = [label for label in config.FOUR_CLASS_LABELS if label != config.NO_FINDING]
 
 
 @pytest.mark.data
@@ -41,5 +52,57 @@ def test_export_names_what_an_unfinished_run_lacks(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as stopped:
         export_model.main()
     message = str(stopped.value)
-    assert f"{tmp_path} is not a finished training run: state.json, normalisation.json, best.weights.h5 missing" in message
+    missing = "state.json, normalisation.json, best.weights.h5 missing"
+    assert f"{tmp_path} is not a finished training run: {missing}" in message
     assert "train.py" in message
+
+
+def tiny_splits(folder: Path, per_finding: int = 8) -> Path:
+    """Subsets of the committed splits (so still patient-disjoint) with positives of every finding of the
+    4-class variant and images without a finding, none of the 64-px ones."""
+    folder.mkdir()
+    for name in ("train", "valid", "test"):
+        frame = pd.read_csv(config.SPLIT_DIR / f"{name}.csv")
+        frame = frame[~data.is_low_resolution(frame)]
+        chosen = [frame[frame[finding] == 1].head(per_finding) for finding in FINDINGS]
+        chosen.append(frame[frame[list(config.LABELS)].sum(axis=1) == 0].head(per_finding))
+        pd.concat(chosen).drop_duplicates("Image").to_csv(folder / f"{name}.csv", index=False)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_export_of_a_tiny_run_reads_back_as_the_runs_model(nih_dir, tmp_path, monkeypatch):
+    splits, run = tiny_splits(tmp_path / "splits"), tmp_path / "run"
+    trained = subprocess.run(
+        [sys.executable, "train.py", "--output-dir", str(run), "--split-dir", str(splits), "--labels", "4",
+         "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--cache-dir", str(tmp_path / "cache"),
+         "--verbose", "2"],
+        cwd=REPO_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    # The export decodes its images into this test's folder, not the repository's shared cache.
+    load_images = images.load_images
+    monkeypatch.setattr(images, "load_images", lambda frame, root, size, source="split", cache_dir=None, **options:
+                        load_images(frame, root, size, source, tmp_path / "cache", **options))
+    destination = tmp_path / "model" / "tiny"
+    destination.parent.mkdir()
+    monkeypatch.setattr(sys, "argv", ["export_model.py", str(run), "--destination", str(destination)])
+
+    export_model.main()
+
+    assert sorted(path.name for path in destination.parent.iterdir()) == ["tiny.json", "tiny.weights.h5"]
+    card = json.loads((destination.parent / "tiny.json").read_text())
+    labels = list(config.FOUR_CLASS_LABELS)
+    assert card["labels"] == labels and card["image_size"] == 32 and card["weights_dtype"] == "float32"
+    assert card["split_dir"] == str(splits) and card["training"]["labels"] == "4"
+    assert set(card["thresholds"]) == set(card["thresholds_youden"]) == set(labels)
+    assert all(set(card["calibration"][name]) == set(labels) for name in ("shift", "slope", "intercept"))
+    assert set(card["mean_auroc"]) == {"valid", "test"}
+    network, loaded_card, statistics = load_shipped_model(destination)
+    assert loaded_card["labels"] == labels
+    normalisation = card["normalisation"]
+    per_image = card["standardisation"] == PER_IMAGE
+    assert statistics == (PER_IMAGE if per_image else (normalisation["mean"], normalisation["std"]))
+    best = load_pretrained_weights(build_densenet121(len(labels), 32), run / BEST_WEIGHTS)
+    for shipped, trained_weights in zip(network.get_weights(), best.get_weights(), strict=True):
+        np.testing.assert_array_equal(shipped, trained_weights)

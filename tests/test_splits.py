@@ -139,7 +139,8 @@ def test_every_label_has_a_positive_in_valid_and_test(splits, name, label):
 
 
 def test_split_sizes_are_near_70_15_15_of_full_resolution_patients(splits):
-    patients = {name: frame.loc[~data.is_low_resolution(frame), "PatientId"].nunique() for name, frame in splits.items()}
+    patients = {name: frame.loc[~data.is_low_resolution(frame), "PatientId"].nunique()
+                for name, frame in splits.items()}
     total = sum(patients.values())
     for name, fraction in zip(data.SPLITS, (0.7, 0.15, 0.15)):
         assert abs(patients[name] / total - fraction) < 0.03, patients
