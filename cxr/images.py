@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxr import data
+from cxr.files import atomic_write
 
 
 # Every image passes through this side before the model's size. The files come at 512, 320 and 256 px,
@@ -139,7 +139,5 @@ def load_images(
     rows = frame.iloc[kept]
     if cache_file is not None and len(kept) == len(frame):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(".partial.npy")
-        np.save(partial, stacked)
-        os.replace(partial, cache_file)  # atomic: a killed run never leaves a half-written cache
+        atomic_write(cache_file, lambda partial: np.save(partial, stacked))  # a killed run leaves no half-written cache
     return stacked, rows
