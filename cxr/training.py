@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from cxr import config, data, images, losses, model, pipeline
+from cxr import config, data, images, losses, model, multi_worker, pipeline
 from cxr.run_directory import ResumableCheckpoint, RunDirectory
 
 # Settings that say where files are or how much to print, not how to train (left out of the model card).
@@ -297,6 +297,8 @@ def train(cfg: TrainConfig) -> dict:
             if cfg.schedule == "plateau":  # a schedule follows the restored step count by itself
                 network.optimizer.learning_rate.assign(state["learning_rate"])
             print(f"Resuming {run.path} after epoch {first_epoch} (best {cfg.monitor} {state['best']:.4f}).")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        multi_worker.enable_fit(network, valid_data)
 
     callbacks = make_callbacks(cfg, run, state, len(train_split.pixels))
     checkpoint = callbacks[-1]
