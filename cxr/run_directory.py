@@ -253,7 +253,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if not self.failure and self.state:
-            self.state["stopped_early"] = bool(self.state.get("stopped_early") or self.tracked["early_stopping"].stopped_epoch)
+            stopped = self.tracked["early_stopping"].stopped_epoch
+            self.state["stopped_early"] = bool(self.state.get("stopped_early") or stopped)
             self.run.write_state(self.state)
 
     def save(self, epoch, logs):

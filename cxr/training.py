@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from cxr import config, data, images, losses, model, multi_worker, pipeline
@@ -208,14 +209,15 @@ def training_epochs(
     stages = [(size, len(list(group))) for size, group in itertools.groupby(range(first_epoch, cfg.epochs), cfg.size_of_epoch)]
     epochs = None
     for size, count in stages or [(cfg.image_size, 1)]:
+        split = splits[size]
         stage = pipeline.make_dataset(
-            splits[size].pixels, splits[size].labels, cfg.batch_size, training=True, augmentation=augmentation, seed=cfg.seed + size
+            split.pixels, split.labels, cfg.batch_size, training=True, augmentation=augmentation, seed=cfg.seed + size
         ).repeat(count)
         epochs = stage if epochs is None else epochs.concatenate(stage)
     return epochs
 
 
-def build_model(cfg: TrainConfig, precision: str, steps_per_epoch: int, train_labels) -> keras.Model:
+def build_model(cfg: TrainConfig, precision: str, steps_per_epoch: int, train_labels: np.ndarray) -> keras.Model:
     """DenseNet121 compiled with the run's optimizer, its class-weighted loss and a per-finding AUC."""
     network = model.build_densenet121(
         len(cfg.label_names),
@@ -234,7 +236,9 @@ def build_model(cfg: TrainConfig, precision: str, steps_per_epoch: int, train_la
     return network
 
 
-def make_callbacks(cfg: TrainConfig, run: RunDirectory, state: dict, images_per_epoch: int) -> list[keras.callbacks.Callback]:
+def make_callbacks(
+    cfg: TrainConfig, run: RunDirectory, state: dict, images_per_epoch: int
+) -> list[keras.callbacks.Callback]:
     """The callbacks of ``fit``; the last is the ``ResumableCheckpoint`` (it restores the others' counters)."""
     mode = "max" if "auc" in cfg.monitor else "min"
     reduce_lr = keras.callbacks.ReduceLROnPlateau(cfg.monitor, factor=0.1, patience=cfg.reduce_lr_patience, mode=mode, verbose=1)
@@ -280,8 +284,9 @@ def train(cfg: TrainConfig) -> dict:
     augmentation = pipeline.Augmentation(cfg.horizontal_flip, cfg.rotation, cfg.zoom, cfg.shift)
     train_data = training_epochs(cfg, train_splits, first_epoch, augmentation)
     valid = load_split(cfg, "valid", cfg.image_size)
-    valid_statistics = (mean, std) if cfg.validation_standardisation == model.TRAINING_STATISTICS else pipeline.PER_IMAGE
-    valid_data = pipeline.make_dataset(valid.pixels, valid.labels, cfg.batch_size, training=False, statistics=valid_statistics)
+    by_statistics = cfg.validation_standardisation == model.TRAINING_STATISTICS
+    valid_data = pipeline.make_dataset(valid.pixels, valid.labels, cfg.batch_size, training=False,
+                                       statistics=(mean, std) if by_statistics else pipeline.PER_IMAGE)
 
     # The model, from the committed epoch when resuming.
     steps_per_epoch = -(-len(train_split.pixels) // cfg.batch_size)

@@ -622,7 +622,7 @@ def test_resuming_an_incomplete_run_directory_names_what_is_missing(small_run, a
 
 def test_resuming_removes_the_weights_and_partial_files_left_by_a_kill(small_run, after_one_epoch):
     leftovers = ["epoch007.weights.h5", "epoch007-average.weights.h5", "partial-epoch007.weights.h5",
-                 "partial-best.weights.h5", "state.json.partial", "config.json.partial"]  # fmt: skip
+                 "partial-best.weights.h5", "partial-state.json", "state.json.partial", "config.json.partial"]  # fmt: skip
     for name in leftovers:
         (after_one_epoch / name).write_bytes(b"left by a kill")
     training.train(TrainConfig(**small_run))
@@ -630,7 +630,7 @@ def test_resuming_removes_the_weights_and_partial_files_left_by_a_kill(small_run
     assert state["epoch"] == 3
     assert sorted(p.name for p in after_one_epoch.glob("*epoch*")) == sorted(
         {state["weights_file"], state["best_weights_file"]})
-    assert not list(after_one_epoch.glob("*.partial"))
+    assert not list(after_one_epoch.glob("*.partial")) and not list(after_one_epoch.glob("partial-*"))
 
 
 def test_a_full_disk_during_a_checkpoint_exits_with_status_1_keeping_the_committed_epoch(
