@@ -32,8 +32,8 @@ import tarfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
-from typing import BinaryIO
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
 
 from cxr import config
 from cxr.files import atomic_write
