@@ -127,7 +127,8 @@ def two_workers(flags, tmp_path_factory) -> dict:
 
 
 def _weights(report) -> list[np.ndarray]:
-    return [report[f"weight{index}"] for index in range(len([k for k in report.files if k.startswith("weight")]))]
+    count = sum(name.startswith("weight") for name in report.files)
+    return [report[f"weight{index}"] for index in range(count)]
 
 
 @pytest.mark.slow
