@@ -24,7 +24,8 @@ import numpy as np
 from cxr import baselines, calibration, config, data, evaluation, images
 from cxr import model as cxr_model
 from cxr.inference import PER_IMAGE, TRAINING_STATISTICS, ShippedModel, predict
-from cxr.training import BEST_WEIGHTS, LOCATION_SETTINGS, NORMALISATION_FILE, STATE_FILE, TrainConfig, split_rows
+from cxr.run_directory import RunDirectory
+from cxr.training import LOCATION_SETTINGS, TrainConfig, load_split
 
 FLOAT16_TOLERANCE = 0.002  # largest mean-AUROC loss accepted for half-precision weights
 SPECIFICITY = 0.90  # the shipped thresholds: each finding flags at most 10% of validation negatives
@@ -37,13 +38,10 @@ class Split:
 
     def __init__(self, name: str, split_dir: Path, data_dir: Path, image_size: int | None, labels: list[str]):
         self.name = name
-        self.frame = data.read_split(name, split_dir)
-        if image_size:  # the training split is only needed for its labels and metadata
-            self.pixels, self.frame = images.load_images(
-                self.frame, data_dir, image_size, f"{split_dir}/{name}.csv", config.SPLIT_DIR / "cache"
-            )
-        self.truth = data.label_matrix(self.frame, labels)
-        self.patients = self.frame["PatientId"].to_numpy()
+        # The training split is only needed for its labels and metadata (image_size None: no images).
+        split = images.load_split(name, image_size, split_dir=split_dir, data_dir=data_dir, labels=tuple(labels),
+                                  cache_dir=config.SPLIT_DIR / "cache")
+        self.frame, self.pixels, self.truth, self.patients = split.rows, split.pixels, split.labels, split.patients
 
     def mean_auroc(self, scores: np.ndarray) -> float:
         return evaluation.mean_class_auroc(self.truth, scores)
@@ -51,14 +49,16 @@ class Split:
 
 def read_run(run_dir: Path) -> tuple[dict, dict, dict]:
     """The run's config, committed state and normalisation, with a clear error for what is missing."""
-    files = {name: run_dir / name for name in ("config.json", STATE_FILE, NORMALISATION_FILE, BEST_WEIGHTS)}
+    files = {name: run_dir / name for name in (RunDirectory.CONFIG, RunDirectory.STATE, RunDirectory.NORMALISATION,
+                                               RunDirectory.BEST_WEIGHTS)}
     missing = [name for name, path in files.items() if not path.is_file()]
     if missing:
         raise SystemExit(
             f"{run_dir} is not a finished training run: {', '.join(missing)} missing. Train (or resume) it "
             "with `python train.py --output-dir RUN_DIR` until an epoch is committed."
         )
-    return tuple(json.loads(files[name].read_text()) for name in ("config.json", STATE_FILE, NORMALISATION_FILE))
+    return tuple(json.loads(files[name].read_text())
+                 for name in (RunDirectory.CONFIG, RunDirectory.STATE, RunDirectory.NORMALISATION))
 
 
 def project_relative(path: Path) -> str:
@@ -76,8 +76,9 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--destination", type=Path, default=Path("models/densenet121_cxr14"))
     parser.add_argument("--float16", action="store_true", help="store the weights as float16 (half the size)")
-    parser.add_argument("--weights", default=BEST_WEIGHTS,
-                        help=f"which of the run's weight files to export (default {BEST_WEIGHTS}, the best validated epoch)")
+    parser.add_argument("--weights", default=RunDirectory.BEST_WEIGHTS,
+                        help=f"which of the run's weight files to export (default {RunDirectory.BEST_WEIGHTS}, "
+                             "the best validated epoch)")
     args = parser.parse_args()
 
     run_config, state, normalisation = read_run(args.run_dir)
@@ -149,7 +150,7 @@ def main() -> None:
 
     # Calibration and thresholds, fitted on the validation split; thresholds apply to calibrated probabilities.
     # The prevalences the loss was weighted with: those of the rows training used.
-    train_rows = split_rows(TrainConfig(**run_config), "train")
+    train_rows = load_split(TrainConfig(**run_config), "train").rows
     positive_frequencies, _ = data.compute_class_freqs(data.label_matrix(train_rows, labels))
     fitted = calibration.fit_calibration(scores["valid"], splits["valid"].truth, positive_frequencies, labels)
     probabilities = {split: calibration.calibrate(scores[split], fitted, labels) for split in scores}

@@ -10,10 +10,10 @@ moved into place, so a failure midway leaves the earlier splits whole.
 """
 
 import argparse
-import os
 from pathlib import Path
 
 from cxr import config, data
+from cxr.files import atomic_write_all
 
 
 def main() -> None:
@@ -36,16 +36,7 @@ def main() -> None:
     files = {output / f"{name}.csv": frame.to_csv(index=False) for name, frame in splits.items()}
     files[output / "split_summary.csv"] = summary.to_csv()
     output.mkdir(parents=True, exist_ok=True)
-    partials = {path: path.with_name(path.name + ".partial") for path in files}
-    try:
-        for path, text in files.items():
-            partials[path].write_text(text)
-    except BaseException:
-        for partial in partials.values():
-            partial.unlink(missing_ok=True)
-        raise
-    for path, partial in partials.items():
-        os.replace(partial, path)
+    atomic_write_all(files)
     print(summary.to_string())
 
 

@@ -14,7 +14,8 @@ import os
 import sys
 import typing
 
-from cxr.training import CheckpointError, TrainConfig, train
+from cxr.run_directory import CheckpointError
+from cxr.training import TrainConfig, train
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:

@@ -17,7 +17,7 @@ Resulting layout (what :func:`cxr.config.data_dir` expects)::
         BBox_List_2017.csv.gz
         images/00000001_000.png ...
 
-Everything here is safe to interrupt and re-run: downloads go to ``*.partial`` files that are
+Everything here is safe to interrupt and re-run: downloads go to ``partial-*`` files that are
 renamed only when complete, every extracted image is written the same way, and an archive already
 extracted is remembered by a marker file, so it is neither downloaded nor unpacked again.
 """
@@ -33,8 +33,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
 
 from cxr import config
+from cxr.files import atomic_write
 
 BOX_FOLDER_URL = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 
@@ -64,7 +66,6 @@ TABLE_FILES: dict[str, str] = {
 # Rough size of one archive (the 12 hold about 45 GB); only used to warn about disk space.
 APPROX_ARCHIVE_BYTES = 4 * 1024**3
 
-PARTIAL_SUFFIX = ".partial"
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 USER_AGENT = "cxr-download/1.0 (NIH ChestX-ray14 course project; Python urllib)"
 
@@ -82,10 +83,6 @@ def archive_name(number: int) -> str:
     return f"images_{number:03d}.tar.gz"
 
 
-def _partial_path(destination: Path) -> Path:
-    return destination.with_name(destination.name + PARTIAL_SUFFIX)
-
-
 def _manual_hint(destination: Path) -> str:
     return (
         f"Check your internet connection and retry (finished files are kept), or download "
@@ -96,10 +93,10 @@ def _manual_hint(destination: Path) -> str:
 def download_file(url: str, destination: str | os.PathLike, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Path:
     """Download ``url`` to ``destination``, atomically, unless the destination already exists.
 
-    The bytes are streamed into ``destination`` + ``.partial``, which is renamed to the final name
-    (``os.replace``) only once the whole body has arrived and its length matches the server's
+    The bytes are streamed into a ``partial-`` file beside it (``cxr.files.atomic_write``), renamed to
+    the final name only once the whole body has arrived and its length matches the server's
     ``Content-Length``. A failed download removes its partial file; a killed one leaves at most the
-    ``.partial`` file, never a truncated file under the final name.
+    ``partial-`` file, never a truncated file under the final name.
 
     Args:
         url: The address to fetch (redirects are followed).
@@ -118,10 +115,11 @@ def download_file(url: str, destination: str | os.PathLike, chunk_size: int = DE
         print(f"{destination.name}: already present, not downloaded again.", flush=True)
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = _partial_path(destination)
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     received = 0
-    try:
+
+    def stream(partial: Path) -> None:
+        nonlocal received
         with urllib.request.urlopen(request, timeout=60) as response, open(partial, "wb") as sink:
             announced = response.headers.get("Content-Length")
             total = int(announced) if announced and announced.isdigit() else None
@@ -142,25 +140,20 @@ def download_file(url: str, destination: str | os.PathLike, chunk_size: int = DE
                     f"Download of {url} incomplete: got {received} of {total} bytes. "
                     + _manual_hint(destination)
                 )
-        os.replace(partial, destination)
-    except DownloadError:
-        partial.unlink(missing_ok=True)
-        raise
+
+    # Any failure, Ctrl+C included, leaves nothing half-written behind (atomic_write removes the partial file).
+    try:
+        atomic_write(destination, stream)
     except urllib.error.HTTPError as error:
-        partial.unlink(missing_ok=True)
         raise DownloadError(
             f"Download of {url} failed: HTTP {error.code} {error.reason}. If the NIH moved the file, "
             + _manual_hint(destination)
         ) from error
     except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-        partial.unlink(missing_ok=True)
         reason = getattr(error, "reason", None) or error
         raise DownloadError(
             f"Download of {url} failed after {received} bytes: {reason}. " + _manual_hint(destination)
         ) from error
-    except BaseException:  # Ctrl+C and the like: leave nothing half-written behind, then stop
-        partial.unlink(missing_ok=True)
-        raise
     return destination
 
 
@@ -185,7 +178,7 @@ def extract_archive(archive: str | os.PathLike, data_dir: str | os.PathLike) -> 
     """Extract the PNG images of one ``images_NNN.tar.gz`` into ``data_dir/images/``.
 
     The NIH archives hold ``images/NNNNNNNN_NNN.png``; each image lands as
-    ``data_dir/images/NNNNNNNN_NNN.png`` (written to a ``.partial`` file, then renamed, so an
+    ``data_dir/images/NNNNNNNN_NNN.png`` (written to a ``partial-`` file, then renamed, so an
     interrupted extraction never leaves a truncated PNG). Images already present are skipped.
     Directory entries and non-PNG regular files are skipped. The full release's images are
     1024x1024 (this project's bundled subset is 512x512); no conversion is needed, since
@@ -222,14 +215,8 @@ def extract_archive(archive: str | os.PathLike, data_dir: str | os.PathLike) -> 
                 source = tar.extractfile(member)
                 if source is None:  # cannot happen for a regular file; guard anyway
                     raise ArchiveError(f"{archive}: member {member.name!r} has no data.")
-                partial = _partial_path(target)
-                try:
-                    with source, open(partial, "wb") as sink:
-                        shutil.copyfileobj(source, sink)
-                    os.replace(partial, target)
-                except BaseException:
-                    partial.unlink(missing_ok=True)
-                    raise
+                with source:
+                    atomic_write(target, lambda partial: _copy(source, open(partial, "wb")))
                 written += 1
     except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
         raise ArchiveError(
@@ -241,17 +228,16 @@ def extract_archive(archive: str | os.PathLike, data_dir: str | os.PathLike) -> 
 
 
 def gzip_file(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
-    """Gzip ``source`` into ``destination`` atomically (via a ``.partial`` file); the source is kept."""
+    """Gzip ``source`` into ``destination`` atomically (via a ``partial-`` file); the source is kept."""
     source, destination = Path(source), Path(destination)
-    partial = _partial_path(destination)
-    try:
-        with open(source, "rb") as raw, gzip.open(partial, "wb") as packed:
-            shutil.copyfileobj(raw, packed)
-        os.replace(partial, destination)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return destination
+    with open(source, "rb") as raw:
+        return atomic_write(destination, lambda partial: _copy(raw, gzip.open(partial, "wb")))
+
+
+def _copy(source: BinaryIO, sink: BinaryIO) -> None:
+    """Copy one open file into another, closing the second."""
+    with sink:
+        shutil.copyfileobj(source, sink)
 
 
 def _archive_numbers(archives: Iterable[int] | None) -> list[int]:

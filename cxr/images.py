@@ -1,17 +1,18 @@
-"""Reading chest X-ray files into validated 8-bit grayscale arrays, decoded once and cached."""
+"""Reading chest X-ray files into validated 8-bit grayscale arrays, decoded once and cached; a split as arrays."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cxr import data
+from cxr import config, data
+from cxr.files import atomic_write
 
 # Every image passes through this side before the model's size. The files come at 512, 320 and 256 px,
 # and their size goes with the subset they were taken from (512 px: mostly the No Finding and
@@ -138,7 +139,53 @@ def load_images(
     rows = frame.iloc[kept]
     if cache_file is not None and len(kept) == len(frame):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(".partial.npy")
-        np.save(partial, stacked)
-        os.replace(partial, cache_file)  # atomic: a killed run never leaves a half-written cache
+        atomic_write(cache_file, lambda partial: np.save(partial, stacked))  # a killed run leaves no half-written cache
     return stacked, rows
+
+
+@dataclass
+class Split:
+    """One split as arrays: its rows, their decoded images (None if not asked for) and 0/1 labels."""
+
+    rows: pd.DataFrame
+    pixels: np.ndarray | None
+    labels: np.ndarray
+
+    @property
+    def patients(self) -> np.ndarray:
+        return self.rows["PatientId"].to_numpy()
+
+
+def load_split(
+    name: str,
+    size: int | None = None,
+    *,
+    split_dir: str | Path = config.SPLIT_DIR,
+    data_dir: str | Path | None = None,
+    labels: tuple[str, ...] = config.LABELS,
+    limit: int | None = None,
+    low_resolution: bool = True,
+    cache_dir: str | Path | None = None,
+) -> Split:
+    """Load one split (``train``, ``valid`` or ``test``) of ``split_dir`` as arrays.
+
+    Args:
+        name: the split.
+        size: side of the decoded images; None reads the rows and labels only.
+        split_dir: the folder of the split CSVs.
+        data_dir: the NIH data directory (default: ``config.data_dir()``).
+        labels: the label columns, in order.
+        limit: keep only the first ``limit`` rows (smoke tests, benchmarks).
+        low_resolution: keep the 64-px images (upsampled); False leaves them out.
+        cache_dir: where to keep the decoded images (see ``load_images``); None for no disk cache.
+    """
+    rows = data.read_split(name, split_dir)
+    if not low_resolution:
+        rows = rows[~data.is_low_resolution(rows)]
+    if limit:
+        rows = rows.head(limit)
+    rows = rows.reset_index(drop=True)
+    pixels = None
+    if size:
+        pixels, rows = load_images(rows, config.data_dir(data_dir), size, f"{split_dir}/{name}.csv", cache_dir)
+    return Split(rows, pixels, data.label_matrix(rows, labels))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr.calibration import calibrate
+from cxr.files import atomic_write_all
 from cxr.model import MINIMUM_IMAGE_SIZE, build_densenet121, load_pretrained_weights, save_weights_float16
 
 # --- standardisation -----------------------------------------------------------------------------
@@ -318,18 +318,12 @@ class ShippedModel:
     def save(self, prefix: str | Path, float16: bool = False) -> tuple[Path, Path]:
         """Write ``PREFIX.weights.h5`` (half precision with ``float16``) and ``PREFIX.json``.
 
-        Both are written under other names and renamed at the end: a reader never sees half a file.
+        Both are written under other names and renamed at the end (``cxr.files``): a reader never sees
+        half an export.
         """
         card_path, weights_path = model_files(prefix)
-        partial_weights = weights_path.with_name("partial-" + weights_path.name)  # Keras wants the suffix
-        partial_card = card_path.with_name(card_path.name + ".partial")
-        if float16:
-            save_weights_float16(self.model, partial_weights)
-        else:
-            self.model.save_weights(partial_weights)
-        partial_card.write_text(json.dumps(self.card, indent=2) + "\n")
-        os.replace(partial_card, card_path)
-        os.replace(partial_weights, weights_path)
+        save_weights = (lambda path: save_weights_float16(self.model, path)) if float16 else self.model.save_weights
+        atomic_write_all({card_path: json.dumps(self.card, indent=2) + "\n", weights_path: save_weights})
         return card_path, weights_path
 
     def scores(self, images: np.ndarray, batch_size: int = 32, verbose: int | str = 0) -> np.ndarray:

@@ -1,51 +1,29 @@
-"""The resumable training loop behind ``train.py``.
+"""The training recipe behind ``train.py``: its settings, optimizer and schedule, datasets, and ``train()``.
 
-A run lives in one output directory. After every epoch it atomically writes the full training
-state (weights, optimizer, callback counters); the same command started again after a crash or
-a kill resumes from the last completed epoch. ``best.weights.h5``, the best weights by the
-monitored validation metric, only ever holds an epoch that ``state.json`` has committed.
+A run lives in one output directory (``cxr.run_directory``): after every epoch the full training
+state is committed there, so that the same command started again after a crash or a kill resumes
+from the last completed epoch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
-from cxr import config, data, fast_layers, images, inference, losses, model, pipeline
+from cxr import config, data, fast_layers, images, inference, losses, model, multi_worker, pipeline
+from cxr.run_directory import ResumableCheckpoint, RunDirectory
 
-STATE_FILE = "state.json"
-CONFIG_FILE = "config.json"
-BEST_WEIGHTS = "best.weights.h5"
-NORMALISATION_FILE = "normalisation.json"  # training-set mean/std that inference needs
-# Files a kill can leave behind: epoch weights never committed (or no longer named), half-written files.
-LEFTOVER_FILES = ("epoch*.weights.h5", "partial-*.weights.h5", "*.partial")
 # Settings that say where files are or how much to print, not how to train (left out of the model card).
 LOCATION_SETTINGS = ("output_dir", "data_dir", "split_dir", "cache_dir", "verbose")
-# A run may resume with other values of these: not with another data or split directory, which would
-# train and select the rest of the run on other images.
-RESUMABLE_CHANGES = ("output_dir", "cache_dir", "verbose", "epochs")
-# Settings added after runs were saved without them: the value those runs used.
-EARLIER_DEFAULTS = {
-    "precision": "float32", "schedule": "plateau", "early_epochs": 0, "warmup_epochs": 0,
-    "label_smoothing": 0.0, "dropout": 0.0,
-}
-# Counters of Keras' callbacks that must survive a restart.
-CALLBACK_STATE = {
-    "reduce_lr": ("wait", "cooldown_counter", "best"),
-    "early_stopping": ("wait", "best", "best_epoch"),
-}
+# Mirror over this many logical CPU devices where a machine has no GPU (tests of the mirrored strategy).
+LOGICAL_CPUS_VARIABLE = "CXR_LOGICAL_CPUS"
 
 
 @dataclass
@@ -142,14 +120,26 @@ class TrainConfig:
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy: one device (default), all local GPUs, or several machines (TF_CONFIG)."""
+    """The tf.distribute strategy: one device (default), all local GPUs (mirrored), or several machines
+    (multi-worker, as ``TF_CONFIG`` describes them). Create it before any other TensorFlow operation."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy(_logical_cpus())
     if name == "multi-worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"Unknown strategy {name!r}: use default, mirrored or multi-worker.")
+
+
+def _logical_cpus() -> list[str] | None:
+    """With ``$CXR_LOGICAL_CPUS`` = N on a machine without GPUs, the CPU split into N devices to mirror
+    over; else None (MirroredStrategy's own choice: every GPU)."""
+    count = int(os.environ.get(LOGICAL_CPUS_VARIABLE) or 0)
+    if count < 2 or tf.config.list_physical_devices("GPU"):
+        return None
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
 
 
 def make_learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -180,38 +170,6 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
     raise ValueError(f"Unknown optimizer {cfg.optimizer!r}: use adam, sgd or adamw.")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
-def atomic_save_weights(network: keras.Model, path: Path) -> None:
-    partial = path.with_name("partial-" + path.name)  # keeps the .weights.h5 suffix Keras asks for
-    network.save_weights(partial)
-    os.replace(partial, path)
-
-
-def atomic_publish(source: Path, path: Path) -> None:
-    """Make ``path`` hold the bytes of ``source`` in one rename: a hard link, or a copy where links fail."""
-    if path.is_file() and os.path.samefile(source, path):
-        return  # already published; renaming a link onto its own file would do nothing and leave it behind
-    partial = path.with_name("partial-" + path.name)
-    partial.unlink(missing_ok=True)
-    try:
-        os.link(source, partial)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(source, partial)
-    os.replace(partial, path)
-
-
-def publish_best_weights(directory: Path, state: dict) -> None:
-    """Point ``best.weights.h5`` at the best epoch's weights that ``state`` committed (if it names them)."""
-    committed = state.get("best_weights_file")
-    if committed and (directory / committed).is_file():
-        atomic_publish(directory / committed, directory / BEST_WEIGHTS)
-
-
 class Throughput(keras.callbacks.Callback):
     """Adds ``images_per_second`` (training part of the epoch) and ``epoch_seconds`` to the logs."""
 
@@ -233,138 +191,17 @@ class Throughput(keras.callbacks.Callback):
         logs["epoch_seconds"] = elapsed
 
 
-def read_state(directory: Path) -> dict:
-    """The training state committed in ``directory``; {} if there is none."""
-    path = directory / STATE_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def remove_leftovers(directory: Path, state: dict) -> None:
-    """Delete the epoch weights and half-written files in ``directory`` that ``state`` does not name."""
-    named = {state.get("weights_file"), state.get("best_weights_file")}
-    for pattern in LEFTOVER_FILES:
-        for path in directory.glob(pattern):
-            if path.name not in named:
-                path.unlink()
-
-
-class CheckpointError(RuntimeError):
-    """An epoch could not be saved (a full disk, say); the last committed state is intact."""
-
-
-class ResumableCheckpoint(keras.callbacks.Callback):
-    """Saves the weights and the complete training state after each epoch, atomically.
-
-    Each epoch's weights go to a file of their own, then ``state.json``, which names the last
-    epoch's file and the best epoch's, is written: it is the commit point, so a run killed at
-    any moment resumes from the last state it can fully trust. Only then does ``best.weights.h5``
-    move to the committed best epoch, and files no longer named are removed.
-
-    If a write fails (``OSError``: a full disk, say), training stops after that epoch and
-    ``failure`` holds a ``CheckpointError`` saying which epoch is committed and how to resume.
-    """
-
-    def __init__(self, directory: Path, monitor: str, tracked: dict[str, keras.callbacks.Callback], state: dict):
-        super().__init__()
-        self.directory = directory
-        self.monitor = monitor
-        self.higher_is_better = "auc" in monitor
-        self.tracked = tracked
-        self.state = state
-        self.failure = None
-
-    def on_train_begin(self, logs=None):
-        # Runs after the tracked callbacks have reset themselves: put their counters back.
-        for name, values in self.state.get("callbacks", {}).items():
-            for attribute, value in values.items():
-                setattr(self.tracked[name], attribute, value)
-
-    def on_epoch_end(self, epoch, logs=None):
-        try:
-            self.save(epoch, logs)
-        except OSError as error:
-            # Stop after this epoch rather than raise through fit(): the other callbacks close their files.
-            self.model.stop_training = True
-            committed = read_state(self.directory)
-            remove_leftovers(self.directory, committed)  # what the failed writes left, freeing their space
-            where = f"{STATE_FILE}: epoch {committed['epoch']}" if committed else "no epoch committed yet"
-            self.failure = CheckpointError(
-                f"Could not save epoch {epoch + 1} in {self.directory}: {error}. The committed state is intact "
-                f"({where}); free some disk space and run the same command to carry on from there."
-            )
-
-    def save(self, epoch, logs):
-        value = float(logs[self.monitor])
-        weights_file = f"epoch{epoch + 1:03d}.weights.h5"
-        atomic_save_weights(self.model, self.directory / weights_file)
-        # With weight averaging, the average is what validation scored and what is shipped.
-        selected_file = weights_file
-        if getattr(self.model.optimizer, "use_ema", False):
-            selected_file = f"epoch{epoch + 1:03d}-average.weights.h5"
-            with averaged_weights(self.model):
-                atomic_save_weights(self.model, self.directory / selected_file)
-        previous = {self.state.get("weights_file"), self.state.get("best_weights_file")}
-        best = self.state.get("best")
-        improved = best is None or (value > best if self.higher_is_better else value < best)
-        if improved:
-            self.state.update(best=value, best_epoch=epoch + 1, best_weights_file=selected_file)
-        self.state.update(
-            epoch=epoch + 1,
-            weights_file=weights_file,
-            learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
-            callbacks={
-                name: {attribute: _plain(getattr(self.tracked[name], attribute)) for attribute in attributes}
-                for name, attributes in CALLBACK_STATE.items()
-            },
-        )
-        atomic_write_text(self.directory / STATE_FILE, json.dumps(self.state, indent=2))
-        if improved:
-            publish_best_weights(self.directory, self.state)
-        kept = {weights_file, self.state.get("best_weights_file")}
-        for name in (previous | {selected_file}) - kept - {None}:
-            (self.directory / name).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def averaged_weights(network: keras.Model):
-    """Within the block, ``network`` holds its optimizer's moving average of the weights (``use_ema``)."""
-    swap = keras.callbacks.SwapEMAWeights()
-    swap.set_model(network)
-    swap._swap_variables()  # Keras' own exchange of weights and averages, as used around validation
-    try:
-        yield network
-    finally:
-        swap._swap_variables()
-
-
-def _plain(value):
-    """numpy scalars to Python numbers for JSON."""
-    return value.item() if hasattr(value, "item") else value
-
-
-def split_rows(cfg: TrainConfig, split: str) -> pd.DataFrame:
-    """The rows of one split that the run uses, honouring ``limit`` and the 64-px switch."""
-    frame = data.read_split(split, cfg.split_dir)
-    if split == "train" and not cfg.use_low_resolution:
-        frame = frame[~data.is_low_resolution(frame)]
-    if cfg.limit:
-        frame = frame.head(cfg.limit)
-    return frame.reset_index(drop=True)
-
-
-def load_split_arrays(cfg: TrainConfig, split: str, size: int | None = None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Images (N, S, S) uint8 at ``size`` (default ``image_size``), labels (N, C) and rows of one split,
-    honouring ``limit`` and the 64-px switch."""
-    frame = split_rows(cfg, split)
-    root = config.data_dir(cfg.data_dir)
-    pixels, frame = images.load_images(
-        frame, root, size or cfg.image_size, source=f"{cfg.split_dir}/{split}.csv", cache_dir=cfg.cache_dir
-    )
-    return pixels, data.label_matrix(frame, cfg.label_names), frame
+def load_split(cfg: TrainConfig, split: str, size: int | None = None) -> images.Split:
+    """One split as the run uses it (``limit``, the 64-px switch for training), decoded at ``size``
+    (None: rows and labels only)."""
+    return images.load_split(
+        split, size, split_dir=cfg.split_dir, data_dir=cfg.data_dir, labels=cfg.label_names, limit=cfg.limit,
+        low_resolution=split != "train" or cfg.use_low_resolution, cache_dir=cfg.cache_dir,
+    )  # fmt: skip
 
 
 def training_epochs(
-    cfg: TrainConfig, arrays: dict[int, tuple], first_epoch: int, augmentation: pipeline.Augmentation
+    cfg: TrainConfig, splits: dict[int, images.Split], first_epoch: int, augmentation: pipeline.Augmentation
 ) -> tf.data.Dataset:
     """One dataset for the epochs from ``first_epoch`` on, each epoch at its size (progressive resizing):
     ``steps_per_epoch`` batches per epoch, reshuffled every epoch."""
@@ -372,167 +209,116 @@ def training_epochs(
     stages = [(size, len(list(group))) for size, group in itertools.groupby(range(first_epoch, cfg.epochs), cfg.size_of_epoch)]
     epochs = None
     for size, count in stages or [(cfg.image_size, 1)]:
-        pixels, labels, _ = arrays[size]
+        split = splits[size]
         stage = pipeline.make_dataset(
-            pixels, labels, cfg.batch_size, training=True, augmentation=augmentation, seed=cfg.seed + size
+            split.pixels, split.labels, cfg.batch_size, training=True, augmentation=augmentation, seed=cfg.seed + size
         ).repeat(count)
         epochs = stage if epochs is None else epochs.concatenate(stage)
     return epochs
 
 
-def _comparable(name: str, value):
-    """A setting as resumes compare it: directories as absolute paths, so that the same folder given
-    another way (a relative path, the default spelled out) is no change."""
-    if name == "data_dir":
-        return config.chosen_data_dir(value).resolve()
-    if name == "split_dir":
-        return Path(value).expanduser().resolve()
-    return value
+def build_model(cfg: TrainConfig, precision: str, steps_per_epoch: int, train_labels: np.ndarray) -> keras.Model:
+    """DenseNet121 compiled with the run's optimizer, its class-weighted loss and a per-finding AUC."""
+    network = model.build_densenet121(
+        len(cfg.label_names),
+        # Any input size where sizes change during training: the weights do not depend on it.
+        None if len(cfg.training_sizes) > 1 else cfg.image_size,
+        "imagenet" if cfg.initial_weights == "imagenet" else None,
+        precision=precision,
+        dropout=cfg.dropout,
+    )
+    positive_frequencies, negative_frequencies = data.compute_class_freqs(train_labels)
+    network.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch),
+        loss=losses.get_weighted_loss(negative_frequencies, positive_frequencies, label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(cfg.label_names), name="auc")],
+    )
+    return network
 
 
-def changed_settings(cfg: TrainConfig, saved: dict) -> dict:
-    """The settings, with the values the saved run used, in which ``cfg`` differs from a saved ``config.json``
-    in ways a resumed run cannot follow."""
-    changed = {}
-    for name, value in dataclasses.asdict(cfg).items():
-        earlier = saved.get(name, EARLIER_DEFAULTS.get(name))
-        # A cosine schedule spans the run's epochs: another count would move the rate mid-run.
-        resumable = name in RESUMABLE_CHANGES and not (name == "epochs" and cfg.schedule == "cosine")
-        if not resumable and _comparable(name, earlier) != _comparable(name, value):
-            changed[name] = earlier
-    return changed
-
-
-def resumable_state(output: Path, cfg: TrainConfig) -> dict:
-    """The state committed in ``output`` ({} for a new run), once checked that ``cfg`` can resume it.
-
-    Raises:
-        FileNotFoundError: if config.json or a weights file that state.json names is missing.
-        ValueError: if ``cfg`` changes a setting that a resumed run cannot follow.
-    """
-    state = read_state(output)
-    if not state:
-        return state
-    start_afresh = "or start the run afresh with a new --output-dir"
-    if not (output / CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"{output} holds a run ({STATE_FILE} after epoch {state['epoch']}) without its {CONFIG_FILE}, so its "
-            f"settings cannot be checked: put the file back, {start_afresh}."
-        )
-    changed = changed_settings(cfg, json.loads((output / CONFIG_FILE).read_text()))
-    if changed:
-        raise ValueError(
-            f"{output} holds a run with other settings ({changed}): resume it with those values "
-            "or use a new --output-dir."
-        )
-    named = (state["weights_file"], state.get("best_weights_file"))
-    missing = [name for name in named if name and not (output / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{output} is incomplete: {STATE_FILE} (after epoch {state['epoch']}) names {', '.join(missing)}, "
-            f"which is not there: put it back, {start_afresh}."
-        )
-    return state
+def make_callbacks(
+    cfg: TrainConfig, run: RunDirectory, state: dict, images_per_epoch: int
+) -> list[keras.callbacks.Callback]:
+    """The callbacks of ``fit``; the last is the ``ResumableCheckpoint`` (it restores the others' counters)."""
+    mode = "max" if "auc" in cfg.monitor else "min"
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(cfg.monitor, factor=0.1, patience=cfg.reduce_lr_patience, mode=mode, verbose=1)
+    early_stopping = keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.early_stopping_patience, mode=mode, verbose=1)
+    return [
+        Throughput(images_per_epoch),
+        *([reduce_lr] if cfg.schedule == "plateau" else []),
+        # Validation scores the moving average (the weights are swapped back for training).
+        *([keras.callbacks.SwapEMAWeights()] if cfg.ema_momentum else []),
+        early_stopping,
+        keras.callbacks.TensorBoard(str(run.own / run.TENSORBOARD)),
+        keras.callbacks.CSVLogger(str(run.own / run.LOG), append=True),
+        ResumableCheckpoint(run, cfg.monitor, {"reduce_lr": reduce_lr, "early_stopping": early_stopping}, state),
+    ]
 
 
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) DenseNet121 as configured; returns the run summary (also in ``summary.json``).
 
     Raises:
-        CheckpointError: if an epoch could not be saved; the committed state is intact.
+        cxr.run_directory.CheckpointError: if an epoch could not be saved; the committed state is intact.
     """
-    output = Path(cfg.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    state_path = output / STATE_FILE
-    state = resumable_state(output, cfg)
-    remove_leftovers(output, state)
-    atomic_write_text(output / CONFIG_FILE, json.dumps(dataclasses.asdict(cfg), indent=2))
-    finished = bool(state.get("stopped_early") or state.get("epoch", 0) >= cfg.epochs)
-    if finished and (output / "summary.json").is_file():
-        print(f"Run in {output} already finished at epoch {state['epoch']}.")
-        return json.loads((output / "summary.json").read_text())
-
+    strategy = make_strategy(cfg.strategy)  # first: multi-worker training sets up its collectives at startup
+    run = RunDirectory.for_strategy(cfg.output_dir, strategy)
+    state = run.start(dataclasses.asdict(cfg))  # {} for a new run; refuses settings the run cannot resume with
+    first_epoch = state.get("epoch", 0)
+    finished = bool(state.get("stopped_early") or first_epoch >= cfg.epochs)
+    if finished and run.read_summary():
+        print(f"Run in {run.path} already finished at epoch {first_epoch}.")
+        return run.read_summary()
     data.image_folders(config.data_dir(cfg.data_dir))  # an empty data directory: say so, not blame a split row
-    publish_best_weights(output, state)  # in case a kill came between a commit and its publish
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
 
-    train_arrays = {size: load_split_arrays(cfg, "train", size) for size in cfg.training_sizes}
-    train_images, train_labels, train_rows = train_arrays[cfg.image_size]
-    valid_images, valid_labels, _ = load_split_arrays(cfg, "valid")
-    full_resolution = train_images[(~data.is_low_resolution(train_rows)).to_numpy()]
-    statistics = pipeline.training_statistics(full_resolution, cfg.statistics_sample, cfg.seed)
-    atomic_write_text(output / NORMALISATION_FILE, json.dumps({"mean": statistics[0], "std": statistics[1]}))
-    positive_frequencies, negative_frequencies = data.compute_class_freqs(train_labels)
+    # The data: training images at every size the epochs use, standardised image by image;
+    # validation at the final size, standardised as the run says.
+    train_splits = {size: load_split(cfg, "train", size) for size in cfg.training_sizes}
+    train_split = train_splits[cfg.image_size]
+    full_resolution = train_split.pixels[(~data.is_low_resolution(train_split.rows)).to_numpy()]
+    mean, std = pipeline.training_statistics(full_resolution, cfg.statistics_sample, cfg.seed)
+    run.write_json(run.NORMALISATION, {"mean": mean, "std": std})
     augmentation = pipeline.Augmentation(cfg.horizontal_flip, cfg.rotation, cfg.zoom, cfg.shift)
-    steps_per_epoch = -(-len(train_images) // cfg.batch_size)
-    train_data = training_epochs(cfg, train_arrays, state.get("epoch", 0), augmentation)
-    valid_statistics = statistics if cfg.validation_standardisation == inference.TRAINING_STATISTICS else pipeline.PER_IMAGE
-    valid_data = pipeline.make_dataset(
-        valid_images, valid_labels, cfg.batch_size, training=False, statistics=valid_statistics
-    )
+    train_data = training_epochs(cfg, train_splits, first_epoch, augmentation)
+    valid = load_split(cfg, "valid", cfg.image_size)
+    by_statistics = cfg.validation_standardisation == inference.TRAINING_STATISTICS
+    valid_data = pipeline.make_dataset(valid.pixels, valid.labels, cfg.batch_size, training=False,
+                                       statistics=(mean, std) if by_statistics else inference.PER_IMAGE)
 
+    # The model, from the committed epoch when resuming.
+    steps_per_epoch = -(-len(train_split.pixels) // cfg.batch_size)
     precision = fast_layers.resolve_precision(cfg.precision)
     print(f"Training in {precision}.")
-    with make_strategy(cfg.strategy).scope():
-        network = model.build_densenet121(
-            len(cfg.label_names),
-            # Any input size where sizes change during training: the weights do not depend on it.
-            None if len(cfg.training_sizes) > 1 else cfg.image_size,
-            "imagenet" if cfg.initial_weights == "imagenet" else None,
-            precision=precision,
-            dropout=cfg.dropout,
-        )
+    with strategy.scope():
+        network = build_model(cfg, precision, steps_per_epoch, train_split.labels)
         if cfg.initial_weights not in (None, "imagenet") and not state:
             model.load_pretrained_weights(network, cfg.initial_weights)
-        network.compile(
-            optimizer=make_optimizer(cfg, steps_per_epoch),
-            loss=losses.get_weighted_loss(negative_frequencies, positive_frequencies, label_smoothing=cfg.label_smoothing),
-            metrics=[keras.metrics.AUC(multi_label=True, num_labels=len(cfg.label_names), name="auc")],
-        )
         if state:
             network.optimizer.build(network.trainable_variables)
-            network.load_weights(output / state["weights_file"])
+            run.load_weights(network, state)
             if cfg.schedule == "plateau":  # a schedule follows the restored step count by itself
                 network.optimizer.learning_rate.assign(state["learning_rate"])
-            print(f"Resuming {output} after epoch {state['epoch']} (best {cfg.monitor} {state['best']:.4f}).")
+            print(f"Resuming {run.path} after epoch {first_epoch} (best {cfg.monitor} {state['best']:.4f}).")
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        multi_worker.enable_fit(network, valid_data)
 
-    mode = "max" if "auc" in cfg.monitor else "min"
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(cfg.monitor, factor=0.1, patience=cfg.reduce_lr_patience, mode=mode, verbose=1)
-    early_stopping = keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.early_stopping_patience, mode=mode, verbose=1)
-    csv_path = output / "log.csv"
-    if not state:
-        csv_path.unlink(missing_ok=True)
-    elif csv_path.is_file() and csv_path.stat().st_size:  # drop an epoch logged but not committed before a kill
-        log = pd.read_csv(csv_path)
-        log[log["epoch"] < state["epoch"]].to_csv(csv_path, index=False)
-    tracked = {"reduce_lr": reduce_lr, "early_stopping": early_stopping}
-    checkpoint = ResumableCheckpoint(output, cfg.monitor, tracked, state)
-    callbacks = [
-        Throughput(len(train_images)),
-        *([reduce_lr] if cfg.schedule == "plateau" else []),
-        # Validation scores the moving average (the weights are swapped back for training).
-        *([keras.callbacks.SwapEMAWeights()] if cfg.ema_momentum else []),
-        early_stopping,
-        keras.callbacks.TensorBoard(str(output / "tensorboard")),
-        keras.callbacks.CSVLogger(str(csv_path), append=True),
-        checkpoint,
-    ]
+    callbacks = make_callbacks(cfg, run, state, len(train_split.pixels))
+    checkpoint = callbacks[-1]
     network.fit(
         train_data,
         steps_per_epoch=steps_per_epoch,
         validation_data=valid_data,
-        epochs=state["epoch"] if finished else cfg.epochs,  # finished but killed before the summary: no more epochs
-        initial_epoch=state.get("epoch", 0),
+        epochs=first_epoch if finished else cfg.epochs,  # finished but killed before the summary: no more epochs
+        initial_epoch=first_epoch,
         callbacks=callbacks,
         verbose=cfg.verbose,
     )
     if checkpoint.failure:
         raise checkpoint.failure
-    state["stopped_early"] = bool(state.get("stopped_early") or early_stopping.stopped_epoch)
-    atomic_write_text(state_path, json.dumps(state, indent=2))
-    log = pd.read_csv(csv_path)
+    log = run.read_log()
     summary = {
         "epochs_completed": int(state["epoch"]),
         "best_epoch": int(state["best_epoch"]),
@@ -540,11 +326,11 @@ def train(cfg: TrainConfig) -> dict:
         "median_images_per_second": float(log["images_per_second"].median()),
         "median_epoch_seconds": float(log["epoch_seconds"].median()),
         "total_hours": float(log["epoch_seconds"].sum() / 3600),
-        "normalisation": {"mean": statistics[0], "std": statistics[1]},
+        "normalisation": {"mean": mean, "std": std},
         "labels": list(cfg.label_names),
         "image_size": cfg.image_size,
         "precision": precision,
-        "train_images": len(train_images),
+        "train_images": len(train_split.pixels),
     }
-    atomic_write_text(output / "summary.json", json.dumps(summary, indent=2))
+    run.write_json(run.SUMMARY, summary)
     return summary

@@ -102,7 +102,7 @@ def test_download_writes_the_served_bytes(tmp_path, archive, monkeypatch):
     serve(monkeypatch, archive.read_bytes())
     target = download.download_file("https://example.org/a.tar.gz", tmp_path / "sub" / "a.tar.gz", chunk_size=7)
     assert target.read_bytes() == archive.read_bytes()
-    assert not list(tmp_path.rglob("*.partial"))
+    assert not list(tmp_path.rglob("partial-*"))
 
 
 def test_failure_mid_stream_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):
@@ -112,7 +112,7 @@ def test_failure_mid_stream_leaves_no_file_under_the_final_name(tmp_path, monkey
         download.download_file("https://example.org/big.gz", target, chunk_size=100)
     assert "300 bytes" in str(caught.value)
     assert not target.exists()
-    assert not (tmp_path / "images_001.tar.gz.partial").exists()
+    assert not (tmp_path / "partial-images_001.tar.gz").exists()
 
 
 def test_interrupt_mid_stream_leaves_no_file_under_the_final_name(tmp_path, monkeypatch):

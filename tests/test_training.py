@@ -21,9 +21,10 @@ import tensorflow as tf
 from PIL import Image
 
 import train as train_script
-from cxr import config, training
+from cxr import config, images, run_directory, training
 from cxr.model import build_densenet121, load_pretrained_weights, resolve_precision
-from cxr.training import ResumableCheckpoint, TrainConfig, make_optimizer, make_strategy
+from cxr.run_directory import ResumableCheckpoint, RunDirectory
+from cxr.training import TrainConfig, make_optimizer, make_strategy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
@@ -58,7 +59,7 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
 
 def _read_state(output: Path) -> dict | None:
     try:
-        return json.loads((output / training.STATE_FILE).read_text())
+        return json.loads((output / RunDirectory.STATE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -102,7 +103,7 @@ def killed_and_resumed(tmp_path_factory, nih_dir) -> dict:
     snapshot = output.parent / "at-kill"
     snapshot.mkdir()
     state = _read_state(output)
-    for name in (training.STATE_FILE, training.BEST_WEIGHTS, state["best_weights_file"]):
+    for name in (RunDirectory.STATE, RunDirectory.BEST_WEIGHTS, state["best_weights_file"]):
         shutil.copy(output / name, snapshot / name)
     resumed = _run(_train_command(output))
     return {
@@ -116,15 +117,15 @@ def killed_and_resumed(tmp_path_factory, nih_dir) -> dict:
 @pytest.mark.slow
 def test_sigkill_leaves_committed_state_and_loadable_best_weights(killed_and_resumed):
     assert killed_and_resumed["kill_returncode"] == -signal.SIGKILL
-    state = json.loads((killed_and_resumed["snapshot"] / training.STATE_FILE).read_text())
+    state = json.loads((killed_and_resumed["snapshot"] / RunDirectory.STATE).read_text())
     assert 1 <= state["epoch"] < EPOCHS, "the run should have been killed part-way"
     assert state["weights_file"] == f"epoch{state['epoch']:03d}.weights.h5"
     assert 1 <= state["best_epoch"] <= state["epoch"]
     assert state["best_weights_file"] == f"epoch{state['best_epoch']:03d}.weights.h5"
     snapshot = killed_and_resumed["snapshot"]
-    assert _loadable(snapshot / training.BEST_WEIGHTS)
+    assert _loadable(snapshot / RunDirectory.BEST_WEIGHTS)
     # best.weights.h5 holds the epoch state.json committed as the best, not a later uncommitted one.
-    assert (snapshot / training.BEST_WEIGHTS).read_bytes() == (snapshot / state["best_weights_file"]).read_bytes()
+    assert (snapshot / RunDirectory.BEST_WEIGHTS).read_bytes() == (snapshot / state["best_weights_file"]).read_bytes()
 
 
 @pytest.mark.slow
@@ -132,7 +133,7 @@ def test_same_command_resumes_and_completes_every_epoch_once(killed_and_resumed)
     resumed, output = killed_and_resumed["resumed"], killed_and_resumed["output"]
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resuming" in resumed.stdout
-    state = json.loads((output / training.STATE_FILE).read_text())
+    state = json.loads((output / RunDirectory.STATE).read_text())
     assert state["epoch"] == EPOCHS
     assert (output / state["weights_file"]).is_file()
     log = pd.read_csv(output / "log.csv")
@@ -143,11 +144,11 @@ def test_same_command_resumes_and_completes_every_epoch_once(killed_and_resumed)
     assert (log["images_per_second"] > 0).all()
     assert summary["image_size"] == 32 and summary["train_images"] == 24
     assert summary["precision"] == resolve_precision("auto")
-    assert _loadable(output / training.BEST_WEIGHTS)
+    assert _loadable(output / RunDirectory.BEST_WEIGHTS)
     assert not list(output.glob("*.partial")) and not list(output.glob("partial-*"))
     assert sorted(p.name for p in output.glob("epoch*.weights.h5")) == sorted(
         {state["weights_file"], state["best_weights_file"]})
-    assert (output / training.BEST_WEIGHTS).read_bytes() == (output / state["best_weights_file"]).read_bytes()
+    assert (output / RunDirectory.BEST_WEIGHTS).read_bytes() == (output / state["best_weights_file"]).read_bytes()
 
 
 @pytest.mark.slow
@@ -179,15 +180,15 @@ def test_run_killed_before_its_summary_writes_it_without_training_more(killed_an
     # A kill after the last epoch's state.json but before summary.json leaves exactly this.
     output = killed_and_resumed["output"]
     (output / "summary.json").unlink()
-    weights_before = (output / training.BEST_WEIGHTS).read_bytes()
+    weights_before = (output / RunDirectory.BEST_WEIGHTS).read_bytes()
     rerun = _run(_train_command(output))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     summary = json.loads((output / "summary.json").read_text())
     assert summary["epochs_completed"] == EPOCHS
     assert summary["median_images_per_second"] > 0
     assert pd.read_csv(output / "log.csv")["epoch"].tolist() == list(range(EPOCHS))
-    assert json.loads((output / training.STATE_FILE).read_text())["epoch"] == EPOCHS
-    assert (output / training.BEST_WEIGHTS).read_bytes() == weights_before
+    assert json.loads((output / RunDirectory.STATE).read_text())["epoch"] == EPOCHS
+    assert (output / RunDirectory.BEST_WEIGHTS).read_bytes() == weights_before
 
 
 # --- ResumableCheckpoint and atomic writes ------------------------------------------------------------
@@ -212,7 +213,7 @@ class _Snapshot(keras.callbacks.Callback):
         self.listings: list[tuple[dict, list[str]]] = []
 
     def on_epoch_end(self, epoch, logs=None):
-        state = json.loads((self.directory / training.STATE_FILE).read_text())
+        state = json.loads((self.directory / RunDirectory.STATE).read_text())
         self.listings.append((state, sorted(p.name for p in self.directory.iterdir())))
 
 
@@ -226,7 +227,7 @@ def test_checkpoint_commits_state_atomically_and_keeps_one_last_epoch_file(tmp_p
     early_stopping = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=5)
     state: dict = {}
     tracked = {"reduce_lr": reduce_lr, "early_stopping": early_stopping}
-    checkpoint = ResumableCheckpoint(tmp_path, "val_auc", tracked, state)
+    checkpoint = ResumableCheckpoint(RunDirectory(tmp_path), "val_auc", tracked, state)
     snapshot = _Snapshot(tmp_path)
     network.fit(
         x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0,
@@ -237,8 +238,8 @@ def test_checkpoint_commits_state_atomically_and_keeps_one_last_epoch_file(tmp_p
         assert saved["weights_file"] in names
         assert [n for n in names if n.startswith("epoch")] == sorted({saved["weights_file"], saved["best_weights_file"]})
         assert not [n for n in names if n.endswith(".partial") or n.startswith("partial-")]
-        assert training.BEST_WEIGHTS in names
-    final = json.loads((tmp_path / training.STATE_FILE).read_text())
+        assert RunDirectory.BEST_WEIGHTS in names
+    final = json.loads((tmp_path / RunDirectory.STATE).read_text())
     assert final["epoch"] == 3 and final["weights_file"] == "epoch003.weights.h5"
     assert set(final["callbacks"]) == {"reduce_lr", "early_stopping"}
     assert set(final["callbacks"]["reduce_lr"]) == {"wait", "cooldown_counter", "best"}
@@ -260,7 +261,7 @@ def _checkpoint_after(directory: Path, monitored: list[float], state: dict | Non
     state = {} if state is None else state
     tracked = {"reduce_lr": keras.callbacks.ReduceLROnPlateau("val_auc"),
                "early_stopping": keras.callbacks.EarlyStopping("val_auc")}  # fmt: skip
-    checkpoint = ResumableCheckpoint(directory, "val_auc", tracked, state)
+    checkpoint = ResumableCheckpoint(RunDirectory(directory), "val_auc", tracked, state)
     for callback in (*tracked.values(), checkpoint):
         callback.set_model(network)
         callback.on_train_begin()
@@ -281,36 +282,36 @@ def test_best_weights_follow_the_committed_best_epoch_and_stale_files_go(tmp_pat
     _, state = _checkpoint_after(tmp_path, [0.6, 0.7, 0.65, 0.62])
     assert (state["epoch"], state["best_epoch"], state["best"]) == (4, 2, pytest.approx(0.7))
     assert sorted(p.name for p in tmp_path.glob("epoch*")) == ["epoch002.weights.h5", "epoch004.weights.h5"]
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 2
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 2
     assert _epoch_in(tmp_path / state["weights_file"]) == 4
     _checkpoint_after(tmp_path, [0.8], state)
     assert sorted(p.name for p in tmp_path.glob("epoch*")) == ["epoch005.weights.h5"]
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 5
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 5
 
 
 def test_kill_before_the_commit_leaves_best_weights_at_the_committed_best(tmp_path, monkeypatch):
     _, state = _checkpoint_after(tmp_path, [0.6])
-    committed = (tmp_path / training.STATE_FILE).read_text()
+    committed = (tmp_path / RunDirectory.STATE).read_text()
 
-    def killed(path, text):
+    def killed(run, state):
         raise KeyboardInterrupt("killed before state.json is committed")
 
-    monkeypatch.setattr(training, "atomic_write_text", killed)
+    monkeypatch.setattr(RunDirectory, "write_state", killed)
     with pytest.raises(KeyboardInterrupt):
         _checkpoint_after(tmp_path, [0.9], dict(state))  # a better epoch 2, written but never committed
-    assert (tmp_path / training.STATE_FILE).read_text() == committed
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1
+    assert (tmp_path / RunDirectory.STATE).read_text() == committed
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 1
 
 
 def test_kill_between_the_commit_and_the_publish_is_repaired_on_resume(tmp_path, monkeypatch):
     _, state = _checkpoint_after(tmp_path, [0.6])
     with monkeypatch.context() as patch:
-        patch.setattr(training, "publish_best_weights", lambda *args: None)  # killed right after the commit
+        patch.setattr(RunDirectory, "publish_best_weights", lambda *args: None)  # killed right after the commit
         _checkpoint_after(tmp_path, [0.9], state)
     assert state["best_weights_file"] == "epoch002.weights.h5"
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1
-    training.publish_best_weights(tmp_path, json.loads((tmp_path / training.STATE_FILE).read_text()))
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 2
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 1
+    RunDirectory(tmp_path).publish_best_weights(json.loads((tmp_path / RunDirectory.STATE).read_text()))
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 2
 
 
 def test_a_run_saved_before_best_weights_were_named_in_the_state_resumes(tmp_path):
@@ -318,33 +319,33 @@ def test_a_run_saved_before_best_weights_were_named_in_the_state_resumes(tmp_pat
     _checkpoint_after(tmp_path, [0.7])
     os.replace(tmp_path / "epoch001.weights.h5", tmp_path / "last-epoch001.weights.h5")
     legacy = {"epoch": 1, "weights_file": "last-epoch001.weights.h5", "best": 0.7, "best_epoch": 1}
-    training.publish_best_weights(tmp_path, legacy)  # what a resume does: nothing to publish here
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1
+    RunDirectory(tmp_path).publish_best_weights(legacy)  # what a resume does: nothing to publish here
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 1
     _, state = _checkpoint_after(tmp_path, [0.6], legacy)
     assert sorted(p.name for p in tmp_path.glob("*epoch*")) == ["epoch002.weights.h5"]
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1 and "best_weights_file" not in state
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 1 and "best_weights_file" not in state
     _, state = _checkpoint_after(tmp_path, [0.8], state)
     assert state["best_weights_file"] == "epoch003.weights.h5"
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 3
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 3
 
 
 def test_publishing_the_same_best_weights_again_leaves_no_partial_file(tmp_path):
     # Every resume publishes the committed best again, usually to the link best.weights.h5 already is.
     _, state = _checkpoint_after(tmp_path, [0.6])
-    training.publish_best_weights(tmp_path, state)
+    RunDirectory(tmp_path).publish_best_weights(state)
     assert not list(tmp_path.glob("partial-*"))
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 1
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 1
 
 
 def test_best_weights_are_copied_where_hard_links_fail(tmp_path, monkeypatch):
     def no_links(*args):
         raise OSError("hard links not supported")
 
-    monkeypatch.setattr(training.os, "link", no_links)
+    monkeypatch.setattr(run_directory.os, "link", no_links)
     _, state = _checkpoint_after(tmp_path, [0.6, 0.7])
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 2
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 2
     (tmp_path / state["best_weights_file"]).unlink()
-    assert _epoch_in(tmp_path / training.BEST_WEIGHTS) == 2  # a copy, not a link
+    assert _epoch_in(tmp_path / RunDirectory.BEST_WEIGHTS) == 2  # a copy, not a link
 
 
 def test_checkpoint_restores_callback_counters_on_resume(tmp_path):
@@ -353,25 +354,10 @@ def test_checkpoint_restores_callback_counters_on_resume(tmp_path):
     state = {"callbacks": {"reduce_lr": {"wait": 2, "cooldown_counter": 1, "best": 0.7},
                            "early_stopping": {"wait": 4, "best": 0.7, "best_epoch": 3}}}  # fmt: skip
     tracked = {"reduce_lr": reduce_lr, "early_stopping": early_stopping}
-    checkpoint = ResumableCheckpoint(tmp_path, "val_auc", tracked, state)
+    checkpoint = ResumableCheckpoint(RunDirectory(tmp_path), "val_auc", tracked, state)
     checkpoint.on_train_begin()
     assert (reduce_lr.wait, reduce_lr.cooldown_counter, reduce_lr.best) == (2, 1, 0.7)
     assert (early_stopping.wait, early_stopping.best, early_stopping.best_epoch) == (4, 0.7, 3)
-
-
-def test_interrupted_atomic_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    path = tmp_path / training.STATE_FILE
-    training.atomic_write_text(path, '{"epoch": 1}')
-    assert path.read_text() == '{"epoch": 1}'
-    assert not list(tmp_path.glob("*.partial"))
-
-    def crash(*args):
-        raise OSError("killed before the rename")
-
-    monkeypatch.setattr(training.os, "replace", crash)
-    with pytest.raises(OSError):
-        training.atomic_write_text(path, '{"epoch": 2}')
-    assert path.read_text() == '{"epoch": 1}'
 
 
 # --- optimizers and strategies ----------------------------------------------------------------------
@@ -472,7 +458,7 @@ def test_progressive_resizing_trains_early_epochs_small_and_the_rest_at_the_imag
     assert [cfg.size_of_epoch(epoch) for epoch in range(3)] == [32, 32, 64]
     assert cfg.training_sizes == [32, 64]
     labels = np.zeros((10, 2), np.float32)
-    arrays = {size: (np.zeros((10, size, size), np.uint8), labels, None) for size in (32, 64)}
+    arrays = {size: images.Split(None, np.zeros((10, size, size), np.uint8), labels) for size in (32, 64)}
     augmentation = training.pipeline.Augmentation(horizontal_flip=False)
     sides = [int(batch.shape[1]) for batch, _ in training.training_epochs(cfg, arrays, 0, augmentation)]
     assert sides == [32] * 3 + [32] * 3 + [64] * 3  # 3 batches (4 + 4 + 2 images) per epoch
@@ -489,7 +475,7 @@ def test_with_weight_averaging_validation_and_best_weights_are_the_average(tmp_p
     tracked = {"reduce_lr": keras.callbacks.ReduceLROnPlateau("val_loss"),
                "early_stopping": keras.callbacks.EarlyStopping("val_loss")}  # fmt: skip
     state: dict = {}
-    checkpoint = ResumableCheckpoint(tmp_path, "val_loss", tracked, state)
+    checkpoint = ResumableCheckpoint(RunDirectory(tmp_path), "val_loss", tracked, state)
     history = network.fit(
         x, y, validation_data=(x, y), epochs=2, batch_size=8, verbose=0,
         callbacks=[keras.callbacks.SwapEMAWeights(), *tracked.values(), checkpoint],
@@ -508,44 +494,48 @@ def test_with_weight_averaging_validation_and_best_weights_are_the_average(tmp_p
     assert history.history["val_loss"][-1] != pytest.approx(raw.evaluate(x, y, verbose=0)[0], rel=1e-4)
 
 
+def _changed(cfg: TrainConfig, saved: dict) -> dict:
+    return run_directory.changed_settings(dataclasses.asdict(cfg), saved)
+
+
 def test_location_and_epoch_changes_are_resumable_other_changes_are_named_with_the_saved_value():
     saved = dataclasses.asdict(TrainConfig(image_size=128))
-    assert training.changed_settings(TrainConfig(image_size=128, epochs=3, output_dir="elsewhere", verbose=2), saved) == {}
-    assert training.changed_settings(TrainConfig(image_size=224), saved) == {"image_size": 128}
+    assert _changed(TrainConfig(image_size=128, epochs=3, output_dir="elsewhere", verbose=2), saved) == {}
+    assert _changed(TrainConfig(image_size=224), saved) == {"image_size": 128}
 
 
 @pytest.mark.parametrize("setting", ["data_dir", "split_dir"])
 def test_another_data_or_split_directory_is_not_a_resumable_change(tmp_path, setting):
     saved = dataclasses.asdict(TrainConfig())
-    assert training.changed_settings(TrainConfig(**{setting: str(tmp_path)}), saved) == {setting: saved[setting]}
+    assert _changed(TrainConfig(**{setting: str(tmp_path)}), saved) == {setting: saved[setting]}
 
 
 def test_the_same_directories_given_another_way_are_no_change(tmp_path, monkeypatch):
     monkeypatch.setenv(config.DATA_DIR_VARIABLE, str(tmp_path))
     monkeypatch.chdir(config.PROJECT_ROOT)
     saved = dataclasses.asdict(TrainConfig())  # no --data-dir: $CXR_DATA_DIR
-    assert training.changed_settings(TrainConfig(data_dir=f"{tmp_path}/.", split_dir="data"), saved) == {}
+    assert _changed(TrainConfig(data_dir=f"{tmp_path}/.", split_dir="data"), saved) == {}
 
 
 def test_a_run_saved_before_the_recipe_settings_existed_resumes_with_their_defaults():
     saved = dataclasses.asdict(TrainConfig())
     for name in ("schedule", "early_image_size", "early_epochs", "warmup_epochs", "ema_momentum"):
         del saved[name]
-    assert training.changed_settings(TrainConfig(), saved) == {}
-    assert training.changed_settings(TrainConfig(schedule="cosine"), saved) == {"schedule": "plateau"}
+    assert _changed(TrainConfig(), saved) == {}
+    assert _changed(TrainConfig(schedule="cosine"), saved) == {"schedule": "plateau"}
 
 
 def test_under_a_cosine_schedule_the_epoch_count_cannot_change_on_resume():
     saved = dataclasses.asdict(TrainConfig(schedule="cosine", epochs=30))
-    assert training.changed_settings(TrainConfig(schedule="cosine", epochs=30), saved) == {}
-    assert training.changed_settings(TrainConfig(schedule="cosine", epochs=40), saved) == {"epochs": 30}
+    assert _changed(TrainConfig(schedule="cosine", epochs=30), saved) == {}
+    assert _changed(TrainConfig(schedule="cosine", epochs=40), saved) == {"epochs": 30}
 
 
 def test_a_run_saved_before_the_precision_setting_existed_counts_as_float32():
     saved = dataclasses.asdict(TrainConfig())
     del saved["precision"]
-    assert training.changed_settings(TrainConfig(precision="float32"), saved) == {}
-    assert training.changed_settings(TrainConfig(precision="mixed_bfloat16"), saved) == {"precision": "float32"}
+    assert _changed(TrainConfig(precision="float32"), saved) == {}
+    assert _changed(TrainConfig(precision="mixed_bfloat16"), saved) == {"precision": "float32"}
 
 
 # --- train() on a small stand-in for DenseNet121: resumes, bad run directories, a full disk --------------
@@ -629,7 +619,7 @@ def test_resuming_an_incomplete_run_directory_names_what_is_missing(small_run, a
 
 def test_resuming_removes_the_weights_and_partial_files_left_by_a_kill(small_run, after_one_epoch):
     leftovers = ["epoch007.weights.h5", "epoch007-average.weights.h5", "partial-epoch007.weights.h5",
-                 "partial-best.weights.h5", "state.json.partial", "config.json.partial"]  # fmt: skip
+                 "partial-best.weights.h5", "partial-state.json", "state.json.partial", "config.json.partial"]  # fmt: skip
     for name in leftovers:
         (after_one_epoch / name).write_bytes(b"left by a kill")
     training.train(TrainConfig(**small_run))
@@ -637,7 +627,7 @@ def test_resuming_removes_the_weights_and_partial_files_left_by_a_kill(small_run
     assert state["epoch"] == 3
     assert sorted(p.name for p in after_one_epoch.glob("*epoch*")) == sorted(
         {state["weights_file"], state["best_weights_file"]})
-    assert not list(after_one_epoch.glob("*.partial"))
+    assert not list(after_one_epoch.glob("*.partial")) and not list(after_one_epoch.glob("partial-*"))
 
 
 def test_a_full_disk_during_a_checkpoint_exits_with_status_1_keeping_the_committed_epoch(

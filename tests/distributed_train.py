@@ -1,0 +1,44 @@
+"""The distributed tests' worker: train.py with a small stand-in for DenseNet121, reporting on its replicas.
+
+    python tests/distributed_train.py REPORT.npz [train.py flags]
+
+Runs train.py's ``main()``, then writes REPORT.npz: ``replicas``, the number of replicas in this process,
+``spread``, the largest difference of a trainable weight between them, and ``weight0``, ``weight1``...,
+replica 0's trainable weights.
+"""
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train as train_script  # noqa: E402
+from cxr import training  # noqa: E402
+
+built: list[keras.Model] = []
+
+
+def small_densenet(num_classes: int, image_size: int | None, weights=None, precision: str = "float32",
+                   dropout: float = 0.0) -> keras.Model:
+    """DenseNet121's input and output, and a batch normalisation, in a model that trains in seconds."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    features = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3)(inputs))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(features))
+    built.append(keras.Model(inputs, keras.layers.Dense(num_classes, activation="sigmoid")(features)))
+    return built[-1]
+
+
+if __name__ == "__main__":
+    training.model.build_densenet121 = small_densenet
+    status = train_script.main(sys.argv[2:])
+    # Under a strategy each variable holds one copy per replica of this process (`.values`).
+    replicas = [[np.asarray(copy) for copy in getattr(v.value, "values", [v.value])] for v in built[0].trainable_weights]
+    np.savez(
+        sys.argv[1],
+        replicas=len(replicas[0]),
+        spread=max(float(np.max(np.abs(copy - copies[0]))) for copies in replicas for copy in copies),
+        **{f"weight{i}": copies[0] for i, copies in enumerate(replicas)},
+    )
+    sys.exit(status)
