@@ -21,7 +21,7 @@ EXPORTS = {
         "check_for_leakage", "compute_class_freqs", "count_shared_patients", "findings_to_columns",
         "is_low_resolution", "label_matrix", "load_boxes", "read_label_file", "read_split",
     ),
-    "cxr.images": ("load_images", "read_image", "to_model_size"),
+    "cxr.images": ("load_split", "read_image", "to_model_size"),
     "cxr.shortcuts": ("controlled_origin_auroc", "view_auroc"),
     "cxr.losses": ("get_weighted_loss",),
     "cxr.pipeline": ("Augmentation", "make_dataset", "training_statistics"),

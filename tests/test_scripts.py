@@ -17,9 +17,9 @@ import pytest
 import export_model
 import split_data
 from cxr import config, data, images
-from cxr.model import build_densenet121, load_pretrained_weights, load_shipped_model
-from cxr.pipeline import PER_IMAGE
-from cxr.training import BEST_WEIGHTS
+from cxr.inference import PER_IMAGE, load_shipped_model
+from cxr.model import build_densenet121, load_pretrained_weights
+from cxr.run_directory import RunDirectory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FINDINGS = [label for label in config.FOUR_CLASS_LABELS if label != config.NO_FINDING]
@@ -103,6 +103,6 @@ def test_export_of_a_tiny_run_reads_back_as_the_runs_model(nih_dir, tmp_path, mo
     normalisation = card["normalisation"]
     per_image = card["standardisation"] == PER_IMAGE
     assert statistics == (PER_IMAGE if per_image else (normalisation["mean"], normalisation["std"]))
-    best = load_pretrained_weights(build_densenet121(len(labels), 32), run / BEST_WEIGHTS)
+    best = load_pretrained_weights(build_densenet121(len(labels), 32), run / RunDirectory.BEST_WEIGHTS)
     for shipped, trained_weights in zip(network.get_weights(), best.get_weights(), strict=True):
         np.testing.assert_array_equal(shipped, trained_weights)
