@@ -170,7 +170,9 @@ class Guard:
             if self.refusal(Headers(scope=scope), "GET", scope["path"]) is not None:
                 await send({"type": "websocket.close", "code": 1008})
                 return
-        refusal = self.refusal(Headers(scope=scope), scope["method"], scope["path"]) if scope["type"] == "http" else None
+        refusal = None
+        if scope["type"] == "http":
+            refusal = self.refusal(Headers(scope=scope), scope["method"], scope["path"])
         await (refusal or self.app)(scope, receive, send)
 
 

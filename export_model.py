@@ -180,7 +180,9 @@ def main() -> None:
         "standardisation": standardisation,
         "test_time_flip": bool(flip),
         "validation_mean_auroc_by_standardisation": rounded(by_standardisation),
-        "validation_mean_auroc_by_test_time_flip": {str(key).lower(): round(value, 4) for key, value in by_flip.items()},
+        "validation_mean_auroc_by_test_time_flip": {
+            str(key).lower(): round(value, 4) for key, value in by_flip.items()
+        },
         "weights_dtype": "float16" if args.float16 else "float32",
         "exported": datetime.date.today().isoformat(),
         "split_dir": project_relative(split_dir),
@@ -193,7 +195,9 @@ def main() -> None:
         "thresholds": dict(zip(labels, thresholds.tolist())),  # unrounded: rounding could move a decision
         "thresholds_youden": dict(zip(labels, youden.tolist())),
         "test_operating_points": operating,
-        "auroc": {split: {label: row["AUROC"] for label, row in result["auroc"].items()} for split, result in results.items()},
+        "auroc": {
+            split: {label: row["AUROC"] for label, row in result["auroc"].items()} for split, result in results.items()
+        },
         "mean_auroc": {split: result["mean_auroc"]["model"]["mean AUROC"] for split, result in results.items()},
         "evaluation": results,
         "training": {key: value for key, value in run_config.items() if key not in LOCATION_SETTINGS},

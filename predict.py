@@ -39,8 +39,11 @@ def image_files(arguments: list[str]) -> list[Path]:
     return files
 
 
-def results_table(names: list[str], probabilities: np.ndarray, thresholds: np.ndarray, labels: list[str]) -> pd.DataFrame:
-    """``image``, one probability column per finding, then one ``<finding>_flag`` column (1 at or above the threshold)."""
+def results_table(
+    names: list[str], probabilities: np.ndarray, thresholds: np.ndarray, labels: list[str]
+) -> pd.DataFrame:
+    """``image``, one probability column per finding, then one ``<finding>_flag`` column per finding
+    (1 at or above the threshold)."""
     table = pd.DataFrame(probabilities, columns=labels)
     flags = pd.DataFrame((probabilities >= thresholds).astype(int), columns=[f"{label}_flag" for label in labels])
     return pd.concat([pd.DataFrame({"image": names}), table, flags], axis=1)
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="write the results as CSV here")
     parser.add_argument("--gradcam", type=Path, metavar="DIR", help="write GradCAM overlays of the top findings here")
     parser.add_argument("--thresholds", choices=("specificity", "youden"), default="specificity",
-                        help="the shipped thresholds (90%% specificity on validation) or Youden's J (more findings flagged)")
+                        help="the shipped thresholds (90%% specificity on validation) "
+                             "or Youden's J (more findings flagged)")
     args = parser.parse_args(argv)
 
     files = image_files(args.inputs)

@@ -1,7 +1,7 @@
 """Exploration candidates for inference, measured only with ``python -m bench.run --explore``.
 
 tf.function batch sizes, XLA, fused batch norm, frozen graphs, bfloat16, ONNX Runtime and thread pools:
-the paths tried before ``predict_probabilities`` took its shape. bench/RESULTS.md records what they
+the paths tried before ``cxr.inference.predict`` took its shape. bench/RESULTS.md records what they
 showed; the standing benchmark measures only the baseline and the project's paths (``bench.workloads``).
 """
 
@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from bench.timing import interleave, median_ratio
 from bench.workloads import INFERENCE_BATCH, plain_predict, run_worker, shipped_model, split_images
-from cxr import model as cxr_model
-from cxr import pipeline
+from cxr import inference
+from cxr.fast_layers import FusedBatchNormalization
 
 
 def function_forward(network: keras.Model, jit_compile: bool, statistics) -> Callable:
@@ -27,7 +27,7 @@ def function_forward(network: keras.Model, jit_compile: bool, statistics) -> Cal
     @tf.function(jit_compile=jit_compile,
                  input_signature=None if jit_compile else [tf.TensorSpec((None, *network.input_shape[1:3]), tf.uint8)])
     def forward(batch):
-        standardised = pipeline._standardise_batch(tf.cast(batch, tf.float32)[..., tf.newaxis], statistics)
+        standardised = inference.standardise(batch, statistics)
         return tf.cast(network(standardised, training=False), tf.float32)
 
     return forward
@@ -61,8 +61,17 @@ def weight_copy(network: keras.Model, dtype_policy: str | None = None) -> keras.
 
 
 def fused_copy(network: keras.Model) -> keras.Model:
-    """A copy of the plain model with its batch norms fused, as build_densenet121 builds it."""
-    return cxr_model.fuse_batch_norms(network)
+    """A copy of the plain model with its batch norms fused, as ``build_densenet121(..., fuse_batch_norm=True)``
+    builds them: the same layers with every BatchNormalization a ``FusedBatchNormalization``, same weights."""
+
+    def clone(layer):
+        if type(layer) is keras.layers.BatchNormalization:
+            return FusedBatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(network, clone_function=clone)
+    copy.set_weights(network.get_weights())
+    return copy
 
 
 def frozen_forward(network: keras.Model, statistics) -> Callable:
@@ -100,7 +109,7 @@ def onnx_session(network: keras.Model, threads: int | None = None):
 
 def onnx_predict(session, pixels: np.ndarray, statistics, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     name = session.get_inputs()[0].name
-    standardised = pipeline.standardise(pixels, statistics)
+    standardised = inference.standardise(pixels, statistics)
     return np.concatenate([session.run(None, {name: standardised[start:start + batch_size]})[0]
                            for start in range(0, len(pixels), batch_size)]).astype(np.float32)
 

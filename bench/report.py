@@ -72,8 +72,8 @@ METHOD = (
     "compilation; conversions and copies are listed apart) before the timed repeats; the first row's first "
     "call also pays for creating the oneDNN kernels of these shapes, which later rows reuse.")
 PATHS = (
-    "**Paths.** *plain model.predict*: `pipeline.standardise` in numpy, then `model.predict(x, batch_size=32)`. "
-    "*project: predict_probabilities*: `cxr.evaluation.predict_probabilities` as shipped, one `tf.function` per "
+    "**Paths.** *plain model.predict*: `cxr.inference.standardise` in numpy, then `model.predict(x, batch_size=32)`. "
+    "*project: inference.predict*: `cxr.inference.predict` as shipped, one `tf.function` per "
     "model taking uint8 batches (standardisation in the graph) and running the model with its batch norms "
     "as TensorFlow's fused op. *before: make_dataset + predict*: the project's path before this benchmark "
     "(the validation `tf.data` pipeline into `model.predict`).")
@@ -82,7 +82,7 @@ NOT_EXPLORED = (" The exploration candidates (`bench/explore.py`: tf.function ba
                 "bfloat16, ONNX Runtime, thread pools) were not measured in this run (`--explore` measures them).")
 THREADS = (
     "Thread pools are fixed when TensorFlow starts, so they cannot be chosen inside "
-    "`predict_probabilities`; each setting runs in its own subprocess (median of 3 calls), the "
+    "`cxr.inference.predict`; each setting runs in its own subprocess (median of 3 calls), the "
     "settings alternating over the repeats.")
 TRAINING = (
     "Baseline: plain `fit` of Keras' DenseNet121 in float32 on a Python generator that opens each PNG of a "
@@ -197,7 +197,7 @@ def inference_findings(rows: list[dict]) -> list[str]:
             lines.append(f"{baseline['size']} px: plain predict took over {WAIT_FACTOR}x its fastest time in "
                          f"{waited} of {len(baseline['seconds'])} repeats: Keras feeds its numpy input through an "
                          "autotuned tf.data pipeline, and the call waits at the end for the autotuner's sleeping "
-                         "thread (see the training note); predict_probabilities uses no tf.data pipeline")
+                         "thread (see the training note); cxr.inference.predict uses no tf.data pipeline")
     explored = [row for row in rows if "note" not in row and not row["path"].startswith("plain")]
     sizes = sorted({row["size"] for row in explored if not row["path"].startswith(("project", "before"))})
     for size in sizes:
@@ -210,7 +210,7 @@ def inference_findings(rows: list[dict]) -> list[str]:
                          f"({best['ratio']:.2f}x)"
                          + (f"; the project path: {project['ratio']:.2f}x" if project and best is not project else ""))
             if project and "frozen" in best["path"] and best is not project:
-                lines.append(f"{size} px: a frozen graph holds the weights as constants, so predict_probabilities "
+                lines.append(f"{size} px: a frozen graph holds the weights as constants, so cxr.inference.predict "
                              "would have to freeze again (seconds) whenever the weights change, or hash every "
                              f"weight on every call, for {100 * (best['ratio'] / project['ratio'] - 1):.0f}% over "
                              "the project path here: not adopted")

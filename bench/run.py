@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads (b
 import keras  # noqa: E402
 
 from bench import report, timing, workloads  # noqa: E402
-from cxr import model as cxr_model  # noqa: E402
+from cxr.fast_layers import resolve_precision  # noqa: E402
 
 RESULTS_FILE = workloads.REPO_ROOT / "bench" / "RESULTS.md"
 SECTIONS = ("inference", "threads", "training", "memory", "notebook")
@@ -155,7 +155,7 @@ def measure_training(quick: bool, repeats: int, log: Callable[[str], None]) -> l
     size = 64 if quick else workloads.TRAIN_SIZE
     pixels, labels, paths = workloads.split_images("train", size, 64 if quick else 320)
     log(f"training at {size} px on {len(pixels)} training images")
-    precision = cxr_model.resolve_precision("auto")  # what train.py uses on this machine
+    precision = resolve_precision("auto")  # what train.py uses on this machine
     networks = {"plain": workloads.plain_network(labels, size),
                 "fused float32": workloads.fused_float32_network(labels, size),
                 "project": workloads.project_network(labels, size, precision)}

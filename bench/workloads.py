@@ -19,8 +19,9 @@ import tensorflow as tf
 from PIL import Image
 
 from bench.timing import densenet_gflop, interleave, median_ratio, peak_rss_mib
-from cxr import config, data, evaluation, images, losses, pipeline
+from cxr import config, data, images, inference, losses, pipeline
 from cxr import model as cxr_model
+from cxr.fast_layers import resolve_precision
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_SETTINGS = config.MODEL_DIR / "densenet121_cxr14.json"
@@ -37,7 +38,7 @@ TRAIN_AUGMENTATION = pipeline.Augmentation(horizontal_flip=True, rotation=0.02, 
 
 def plain_predict(network: keras.Model, pixels: np.ndarray, statistics, batch_size: int = INFERENCE_BATCH):
     """The baseline: standardise in numpy, then ``model.predict`` on the array."""
-    return model_predict(network, pipeline.standardise(pixels, statistics), batch_size)
+    return model_predict(network, inference.standardise(pixels, statistics), batch_size)
 
 
 def model_predict(network: keras.Model, inputs: np.ndarray, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
@@ -53,7 +54,7 @@ def dataset_predict(network: keras.Model, pixels: np.ndarray, statistics, batch_
 
 def project_predict(network: keras.Model, pixels: np.ndarray, statistics, batch_size: int = INFERENCE_BATCH):
     """The project's inference path now (what the notebook, the app and export_model.py call)."""
-    return evaluation.predict_probabilities(network, pixels, statistics, batch_size=batch_size, verbose=0)
+    return inference.predict(network, pixels, statistics, batch_size=batch_size, verbose=0)
 
 
 def inference_candidates(network: keras.Model, pixels: np.ndarray, statistics,
@@ -61,7 +62,7 @@ def inference_candidates(network: keras.Model, pixels: np.ndarray, statistics,
     """Callables returning probabilities for ``pixels``: the baseline first, then the project's paths."""
     return {
         "plain model.predict (baseline)": lambda: plain_predict(network, pixels, statistics),
-        "project: predict_probabilities": lambda: project_predict(project_network or network, pixels, statistics),
+        "project: inference.predict": lambda: project_predict(project_network or network, pixels, statistics),
         "before: make_dataset + predict": lambda: dataset_predict(network, pixels, statistics),
     }
 
@@ -131,23 +132,19 @@ def shipped_model(size: int, fuse_batch_norm: bool = True) -> tuple[keras.Model,
     if not shipped_model_available():
         keras.utils.set_random_seed(config.SEED)
         return (cxr_model.build_densenet121(len(config.LABELS), size, fuse_batch_norm=fuse_batch_norm),
-                pipeline.PER_IMAGE)
-    card = json.loads(SHIPPED_SETTINGS.read_text())
+                inference.PER_IMAGE)
+    card = inference.read_card(SHIPPED_SETTINGS)
     network = cxr_model.build_densenet121(len(card["labels"]), size, fuse_batch_norm=fuse_batch_norm)
     cxr_model.load_pretrained_weights(network, SHIPPED_WEIGHTS)
-    return network, cxr_model.inference_statistics(card)
+    return network, inference.card_standardisation(card)
 
 
 def split_images(split: str, size: int, count: int | None, full_resolution_only: bool = True):
     """uint8 images, labels and file paths of the first ``count`` rows of a split, decoded now (no disk cache)."""
-    frame = data.read_split(split)
-    if full_resolution_only:
-        frame = frame[frame["Resolution"] != 64]
-    frame = frame.head(count).reset_index(drop=True) if count else frame.reset_index(drop=True)
+    loaded = images.load_split(split, size, limit=count, low_resolution=not full_resolution_only, cache_dir=None)
     root = config.data_dir()
-    pixels, frame = images.load_images(frame, root, size, source=split, cache_dir=None)
-    paths = [data.image_path(row, root) for _, row in frame.iterrows()]
-    return pixels, data.label_matrix(frame), paths
+    paths = [data.image_path(row, root) for _, row in loaded.rows.iterrows()]
+    return loaded.pixels, loaded.labels, paths
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -166,7 +163,7 @@ def pil_batches(paths: list[Path], labels: np.ndarray, size: int, batch_size: in
                     pixels = np.asarray(image.convert("L").resize((size, size), Image.BILINEAR), np.float32)
                 if rng.random() < 0.5:
                     pixels = pixels[:, ::-1]
-                batch.append((pixels - pixels.mean()) / (pixels.std() + pipeline.EPSILON))
+                batch.append((pixels - pixels.mean()) / (pixels.std() + inference.EPSILON))
             yield np.repeat(np.stack(batch)[..., np.newaxis], 3, axis=-1), labels[chosen].astype(np.float32)
 
 
@@ -278,7 +275,7 @@ def memory_worker(workload: str, path: str, size: int, count: int | None, steps:
     elif workload == "training":
         pixels, labels, paths = split_images("train", size, count)
         network = compiled_for_training(
-            project_network(labels, size, cxr_model.resolve_precision("auto")) if path == "project"
+            project_network(labels, size, resolve_precision("auto")) if path == "project"
             else plain_network(labels, size), labels)
         feed = (project_training_data(pixels, labels, TRAIN_BATCH) if path == "project"
                 else pil_batches(paths, labels, size, TRAIN_BATCH))

@@ -238,7 +238,8 @@ def compare_mean_auroc(
         raise ValueError(f"{len(groups)} group ids for {len(truth)} images.")
     weights = _bootstrap_weights(len(truth), groups, n_bootstrap, np.random.default_rng(seed))
     computable = [c for c in range(truth.shape[1])
-                  if not _not_computable_reason(int(truth[:, c].sum()), int(len(truth) - truth[:, c].sum()))]  # fmt: skip
+                  if not _not_computable_reason(int(truth[:, c].sum()),
+                                                int(len(truth) - truth[:, c].sum()))]  # fmt: skip
     point, resampled = {}, {}
     for name, score in scores.items():
         score = _as_scores(score, truth.shape)
@@ -253,7 +254,8 @@ def compare_mean_auroc(
         row = {"mean AUROC": point[name], "CI low": low, "CI high": high}
         if reference is not None:
             low, high = _interval(resampled[name] - resampled[reference])
-            row.update({"difference": point[name] - point[reference], "difference CI low": low, "difference CI high": high})
+            row.update({"difference": point[name] - point[reference],
+                        "difference CI low": low, "difference CI high": high})
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
@@ -291,8 +293,9 @@ def subgroup_mean_auroc(
     rows = {}
     for value in pd.unique(subgroups):
         inside = subgroups == value
+        inside_groups = None if groups is None else groups[inside]
         table = compare_mean_auroc(np.asarray(y_true)[inside], {"model": np.asarray(y_score)[inside]},
-                                   None if groups is None else groups[inside], n_bootstrap=n_bootstrap, seed=seed)  # fmt: skip
+                                   inside_groups, n_bootstrap=n_bootstrap, seed=seed)  # fmt: skip
         rows[value] = {"images": int(inside.sum()), **table.loc["model"].to_dict()}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("subgroup").sort_index()
 

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from cxr.calibration import calibrate
 from cxr.data import BOX_SOURCE_SIZE
-from cxr.model import LAST_CONV_LAYER
 from cxr.inference import Standardisation, predict, standardise
+from cxr.model import LAST_CONV_LAYER
 
 Box = tuple[float, float, float, float]
 

@@ -266,7 +266,8 @@ class ShippedModel:
 
     def __post_init__(self):
         check_card(self.card, "the model card")
-        if self.model.output_shape[-1] != len(self.labels) or tuple(self.model.input_shape[1:3]) != (self.image_size,) * 2:
+        square = (self.image_size, self.image_size)
+        if self.model.output_shape[-1] != len(self.labels) or tuple(self.model.input_shape[1:3]) != square:
             raise ValueError(f"The card describes {len(self.labels)} findings at {self.image_size} px, the model "
                              f"{self.model.output_shape[-1]} at {self.model.input_shape[1]} px.")
 

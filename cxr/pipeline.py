@@ -95,4 +95,5 @@ def make_dataset(
             batch = augment(tf.cast(batch, tf.float32)[..., tf.newaxis], training=True)[..., 0]
         return standardise(batch, standardisation), batch_labels
 
-    return dataset.map(prepare, num_parallel_calls=PARALLEL_CALLS).prefetch(PREFETCH_BATCHES).with_options(FIXED_OPTIONS)
+    dataset = dataset.map(prepare, num_parallel_calls=PARALLEL_CALLS).prefetch(PREFETCH_BATCHES)
+    return dataset.with_options(FIXED_OPTIONS)

@@ -142,7 +142,9 @@ def _logical_cpus() -> list[str] | None:
     return [device.name for device in tf.config.list_logical_devices("CPU")]
 
 
-def make_learning_rate(cfg: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def make_learning_rate(
+    cfg: TrainConfig, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """The base rate, or for ``schedule="cosine"`` a warm-up then cosine decay over the whole run."""
     rate = cfg.learning_rate or (1e-2 if cfg.optimizer == "sgd" else 1e-3)
     if cfg.schedule == "plateau":
@@ -206,7 +208,8 @@ def training_epochs(
     """One dataset for the epochs from ``first_epoch`` on, each epoch at its size (progressive resizing):
     ``steps_per_epoch`` batches per epoch, reshuffled every epoch."""
     # Consecutive epochs of one size make one stage; a finished run gets an empty stage list.
-    stages = [(size, len(list(group))) for size, group in itertools.groupby(range(first_epoch, cfg.epochs), cfg.size_of_epoch)]
+    stages = [(size, len(list(group)))
+              for size, group in itertools.groupby(range(first_epoch, cfg.epochs), cfg.size_of_epoch)]
     epochs = None
     for size, count in stages or [(cfg.image_size, 1)]:
         split = splits[size]
@@ -241,8 +244,10 @@ def make_callbacks(
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of ``fit``; the last is the ``ResumableCheckpoint`` (it restores the others' counters)."""
     mode = "max" if "auc" in cfg.monitor else "min"
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(cfg.monitor, factor=0.1, patience=cfg.reduce_lr_patience, mode=mode, verbose=1)
-    early_stopping = keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.early_stopping_patience, mode=mode, verbose=1)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(cfg.monitor, factor=0.1, patience=cfg.reduce_lr_patience,
+                                                  mode=mode, verbose=1)
+    early_stopping = keras.callbacks.EarlyStopping(cfg.monitor, patience=cfg.early_stopping_patience,
+                                                   mode=mode, verbose=1)
     return [
         Throughput(images_per_epoch),
         *([reduce_lr] if cfg.schedule == "plateau" else []),

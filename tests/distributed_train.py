@@ -34,7 +34,8 @@ if __name__ == "__main__":
     training.model.build_densenet121 = small_densenet
     status = train_script.main(sys.argv[2:])
     # Under a strategy each variable holds one copy per replica of this process (`.values`).
-    replicas = [[np.asarray(copy) for copy in getattr(v.value, "values", [v.value])] for v in built[0].trainable_weights]
+    replicas = [[np.asarray(copy) for copy in getattr(v.value, "values", [v.value])]
+                for v in built[0].trainable_weights]
     np.savez(
         sys.argv[1],
         replicas=len(replicas[0]),

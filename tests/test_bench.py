@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from bench import explore, report, run, timing, workloads
-from cxr.pipeline import PER_IMAGE
+from cxr.inference import PER_IMAGE
 
 SIZE = 16
 

@@ -18,8 +18,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from cxr import config, gradcam, plots  # noqa: E402
-from cxr.model import LAST_CONV_LAYER, build_densenet121  # noqa: E402
 from cxr.inference import standardise  # noqa: E402
+from cxr.model import LAST_CONV_LAYER, build_densenet121  # noqa: E402
 
 SIZE = 16
 LABELS = ("bright", "dark")

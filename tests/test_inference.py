@@ -125,7 +125,8 @@ CARD_PROBLEMS = {
     "not an object": (json.dumps([CARD]), "expected a JSON object"),
     "missing labels": (json.dumps(_without("labels")), "field 'labels' must be a non-empty list"),
     "image too small": (json.dumps({**CARD, "image_size": 16}), "field 'image_size' must be .* at least 32"),
-    "std 0": (json.dumps({**CARD, "normalisation": {"mean": 120.0, "std": 0}}), "field 'normalisation'.*positive 'std'"),
+    "std 0": (json.dumps({**CARD, "normalisation": {"mean": 120.0, "std": 0}}),
+              "field 'normalisation'.*positive 'std'"),
     "unknown standardisation": (json.dumps({**CARD, "standardisation": "per-batch"}),
                                 "field 'standardisation' must be .*got 'per-batch'"),
     "calibration of too few labels": (json.dumps({**CARD, "calibration": {"shift": {"A": 0.0}}}),
@@ -167,7 +168,8 @@ def network() -> keras.Model:
 
 def test_shipped_model_reads_its_fields_from_the_card(network):
     shipped = ShippedModel(network, CARD)
-    assert (shipped.labels, shipped.image_size, shipped.statistics, shipped.flip) == (LABELS3, SIZE, (120.0, 50.0), True)
+    fields = (shipped.labels, shipped.image_size, shipped.statistics, shipped.flip)
+    assert fields == (LABELS3, SIZE, (120.0, 50.0), True)
     assert shipped.thresholds == {"A": 0.3}  # 1.5 and "high" are no thresholds
     assert shipped.thresholds_for("youden") == CARD["thresholds_youden"]
     assert ShippedModel(network, _without("thresholds")).thresholds is None
@@ -187,7 +189,8 @@ def test_save_then_load_gives_the_same_model_card_and_probabilities(tmp_path, ne
     tolerance = 2e-3 if float16 else 0
     for before, after in zip(network.get_weights(), loaded.model.get_weights()):
         np.testing.assert_allclose(after, before, rtol=tolerance, atol=tolerance)
-    np.testing.assert_allclose(loaded.probabilities(images), saved.probabilities(images), atol=5e-3 if float16 else 1e-6)
+    np.testing.assert_allclose(loaded.probabilities(images), saved.probabilities(images),
+                               atol=5e-3 if float16 else 1e-6)
     # The probabilities are the calibrated mean of each image's and its mirror image's outputs.
     scores = predict(network, images, (120.0, 50.0), verbose=0, flip=True)
     np.testing.assert_allclose(saved.probabilities(images), calibrate(scores, CARD["calibration"], LABELS3), atol=1e-6)

@@ -415,7 +415,8 @@ CARD_PROBLEMS = {
     "bad JSON": (json.dumps(CARD)[:-1], "not valid JSON"),
     "no labels": (_card_without("labels"), "field 'labels' must be a non-empty list"),
     "no image_size": (_card_without("image_size"), "field 'image_size' must be a whole number of pixels"),
-    "std 0": (json.dumps({**CARD, "normalisation": {"mean": 128.0, "std": 0}}), "field 'normalisation'.*positive 'std'"),
+    "std 0": (json.dumps({**CARD, "normalisation": {"mean": 128.0, "std": 0}}),
+              "field 'normalisation'.*positive 'std'"),
     "unknown standardisation": (json.dumps({**CARD, "standardisation": "per-batch"}),
                                 "field 'standardisation' must be .*got 'per-batch'"),
 }  # fmt: skip

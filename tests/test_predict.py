@@ -46,7 +46,9 @@ def test_csv_has_the_image_then_each_findings_probability_then_its_flag(folder, 
     assert "a.png" in capsys.readouterr().out
 
 
-def test_probabilities_are_the_calibrated_model_outputs_and_flags_follow_the_thresholds(folder, tmp_path, card, test_image):
+def test_probabilities_are_the_calibrated_model_outputs_and_flags_follow_the_thresholds(
+    folder, tmp_path, card, test_image
+):
     output = tmp_path / "results.csv"
     predict.main([str(folder / "a.png"), "--output", str(output)])
     row = pd.read_csv(output).iloc[0]
@@ -61,7 +63,9 @@ def test_probabilities_are_the_calibrated_model_outputs_and_flags_follow_the_thr
     assert row[[f"{label}_flag" for label in labels]].tolist() == (expected >= thresholds).astype(int).tolist()
 
 
-def test_a_directory_is_its_image_files_and_bad_files_are_named_skipped_and_fail_the_exit_status(folder, tmp_path, capsys):
+def test_a_directory_is_its_image_files_and_bad_files_are_named_skipped_and_fail_the_exit_status(
+    folder, tmp_path, capsys
+):
     output = tmp_path / "results.csv"
     status = predict.main([str(folder), "--output", str(output)])
     assert status == 1

@@ -236,7 +236,8 @@ def test_checkpoint_commits_state_atomically_and_keeps_one_last_epoch_file(tmp_p
     for epoch, (saved, names) in enumerate(snapshot.listings, start=1):
         assert saved["epoch"] == epoch
         assert saved["weights_file"] in names
-        assert [n for n in names if n.startswith("epoch")] == sorted({saved["weights_file"], saved["best_weights_file"]})
+        kept = sorted({saved["weights_file"], saved["best_weights_file"]})
+        assert [n for n in names if n.startswith("epoch")] == kept
         assert not [n for n in names if n.endswith(".partial") or n.startswith("partial-")]
         assert RunDirectory.BEST_WEIGHTS in names
     final = json.loads((tmp_path / RunDirectory.STATE).read_text())
@@ -377,7 +378,8 @@ def test_sgd_uses_momentum_0_9_and_learning_rate_0_01_by_default():
 
 
 def test_adamw_uses_the_configured_weight_decay_and_learning_rate():
-    optimizer = make_optimizer(TrainConfig(optimizer="adamw", learning_rate=5e-4, weight_decay=0.02), steps_per_epoch=10)
+    settings = TrainConfig(optimizer="adamw", learning_rate=5e-4, weight_decay=0.02)
+    optimizer = make_optimizer(settings, steps_per_epoch=10)
     assert isinstance(optimizer, keras.optimizers.AdamW)
     assert float(optimizer.learning_rate) == pytest.approx(5e-4)
     assert optimizer.weight_decay == pytest.approx(0.02)
@@ -481,7 +483,8 @@ def test_with_weight_averaging_validation_and_best_weights_are_the_average(tmp_p
         callbacks=[keras.callbacks.SwapEMAWeights(), *tracked.values(), checkpoint],
     )  # fmt: skip
     assert state["best_weights_file"] == f"epoch{state['best_epoch']:03d}-average.weights.h5"
-    assert sorted(p.name for p in tmp_path.glob("epoch*")) == sorted({state["weights_file"], state["best_weights_file"]})
+    kept = sorted({state["weights_file"], state["best_weights_file"]})
+    assert sorted(p.name for p in tmp_path.glob("epoch*")) == kept
     raw, average = _tiny_model(), _tiny_model()
     raw.load_weights(tmp_path / state["weights_file"])
     average.load_weights(tmp_path / "epoch002-average.weights.h5")
@@ -619,7 +622,8 @@ def test_resuming_an_incomplete_run_directory_names_what_is_missing(small_run, a
 
 def test_resuming_removes_the_weights_and_partial_files_left_by_a_kill(small_run, after_one_epoch):
     leftovers = ["epoch007.weights.h5", "epoch007-average.weights.h5", "partial-epoch007.weights.h5",
-                 "partial-best.weights.h5", "partial-state.json", "state.json.partial", "config.json.partial"]  # fmt: skip
+                 "partial-best.weights.h5", "partial-state.json", "state.json.partial",
+                 "config.json.partial"]  # fmt: skip
     for name in leftovers:
         (after_one_epoch / name).write_bytes(b"left by a kill")
     training.train(TrainConfig(**small_run))
