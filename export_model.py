@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr import baselines, calibration, config, data, evaluation, images
+from cxr import baselines, calibration, config, data, evaluation, images, thresholds
 from cxr import model as cxr_model
 from cxr.inference import PER_IMAGE, TRAINING_STATISTICS, ShippedModel, predict
 from cxr.run_directory import RunDirectory
@@ -154,8 +154,8 @@ def main() -> None:
     positive_frequencies, _ = data.compute_class_freqs(data.label_matrix(train_rows, labels))
     fitted = calibration.fit_calibration(scores["valid"], splits["valid"].truth, positive_frequencies, labels)
     probabilities = {split: calibration.calibrate(scores[split], fitted, labels) for split in scores}
-    thresholds = calibration.threshold_at_specificity(splits["valid"].truth, probabilities["valid"], SPECIFICITY)
-    youden = evaluation.choose_thresholds(splits["valid"].truth, probabilities["valid"], rule="youden", labels=labels)
+    at_specificity = thresholds.threshold_at_specificity(splits["valid"].truth, probabilities["valid"], SPECIFICITY)
+    youden = thresholds.choose_thresholds(splits["valid"].truth, probabilities["valid"], rule="youden", labels=labels)
     test = splits["test"]
     no_finding = (test.frame[list(config.LABELS)].sum(axis=1) == 0).to_numpy()
     fitted["test_ece"] = {
@@ -165,9 +165,9 @@ def main() -> None:
                           for i, label in enumerate(labels)}),
     }  # fmt: skip
     operating = {}
-    for rule, rule_thresholds in ((f"specificity {SPECIFICITY:.2f}", thresholds), ("youden", youden)):
+    for rule, rule_thresholds in ((f"specificity {SPECIFICITY:.2f}", at_specificity), ("youden", youden)):
         flagged = probabilities["test"] >= rule_thresholds
-        counts = evaluation.threshold_metrics(test.truth, probabilities["test"], rule_thresholds, labels)
+        counts = thresholds.threshold_metrics(test.truth, probabilities["test"], rule_thresholds, labels)
         operating[rule] = {
             "sensitivity": rounded(counts["sensitivity"]),
             "specificity": rounded(counts["specificity"]),
@@ -192,7 +192,7 @@ def main() -> None:
         f"best_{run_config['monitor']}": state["best"],
         "calibration": fitted,
         "threshold_rule": f"specificity {SPECIFICITY:.2f} on the validation split (calibrated probabilities)",
-        "thresholds": dict(zip(labels, thresholds.tolist())),  # unrounded: rounding could move a decision
+        "thresholds": dict(zip(labels, at_specificity.tolist())),  # unrounded: rounding could move a decision
         "thresholds_youden": dict(zip(labels, youden.tolist())),
         "test_operating_points": operating,
         "auroc": {

@@ -28,12 +28,12 @@ EXPORTS = {
     "cxr.model": ("build_densenet121",),
     "cxr.inference": ("PER_IMAGE", "load_shipped_model", "predict", "read_card", "standardise"),
     "cxr.evaluation": (
-        "auroc", "auroc_table", "choose_thresholds", "classification_report", "compare_mean_auroc",
-        "expert_label_comparison", "mean_auroc", "precision_recall_curves", "roc_curves",
-        "subgroup_mean_auroc", "threshold_metrics",
+        "auroc", "auroc_table", "compare_mean_auroc", "expert_label_comparison", "mean_auroc",
+        "precision_recall_curves", "roc_curves", "subgroup_mean_auroc",
     ),
     "cxr.baselines": ("baseline_scores", "metadata_features"),
-    "cxr.calibration": ("calibrate", "expected_calibration_error", "reliability_curves", "threshold_at_specificity"),
+    "cxr.calibration": ("calibrate", "expected_calibration_error", "reliability_curves"),
+    "cxr.thresholds": ("choose_thresholds", "classification_report", "threshold_at_specificity", "threshold_metrics"),
     "cxr.gradcam": ("explain_findings", "localisation_scores", "randomisation_check", "summarise_localisation"),
     "cxr.plots": (
         "plot_class_frequencies", "plot_confusion_matrices", "plot_gradcam", "plot_image_grid",

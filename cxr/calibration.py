@@ -127,21 +127,3 @@ def reliability_curves(
         points[name] = (np.array([predicted for predicted, _, _ in per_class]),
                         np.array([observed for _, observed, _ in per_class]))
     return points
-
-
-def threshold_at_specificity(truth: np.ndarray, scores: np.ndarray, specificity: float = 0.9) -> np.ndarray:
-    """Per class, a threshold whose specificity on these images is the smallest reachable at or above
-    ``specificity`` (a case is positive when its score is >= the threshold): midway between the
-    highest negative score it must stay above and the next negative score. A class without negatives gets 0.5."""
-    truth, scores = np.asarray(truth), np.asarray(scores, dtype=np.float64)
-    thresholds = np.full(scores.shape[1], 0.5)
-    for column in range(scores.shape[1]):
-        negatives = np.sort(scores[truth[:, column] == 0, column])
-        if len(negatives) == 0:
-            continue
-        # Specificity at threshold t is the share of negatives below t: at least `specificity` of them.
-        kept = int(np.ceil(specificity * len(negatives)))
-        below = negatives[kept - 1] if kept > 0 else -np.inf
-        above = negatives[negatives > below]
-        thresholds[column] = np.nextafter(below, np.inf) if len(above) == 0 else (below + above[0]) / 2
-    return thresholds

@@ -1,11 +1,9 @@
-"""Evaluating a multi-label classifier's probabilities: AUROC with bootstrap intervals, ROC and
-precision-recall curves, operating thresholds, confusion counts and the expert-label check.
-The figures of these numbers are drawn by ``cxr.plots``; the probabilities come from ``cxr.inference``.
+"""Evaluating a multi-label classifier's scores: AUROC with bootstrap intervals (per class, mean,
+paired between models, by subgroup), ROC and precision-recall curves, and the expert-label check.
 
-Conventions: ``y_true`` is an (N, C) 0/1 array, ``y_score`` an (N, C) array of probabilities,
-``labels`` the C finding names in column order. A case is called positive when its score is
-``>=`` the class threshold. A class with no positive or no negative case has no AUROC: it is
-reported as NaN with a note, never as 0.5.
+The arrays follow ``cxr.checks``' conventions. A class with no positive or no negative case has no
+AUROC: it is reported as NaN with a note, never as 0.5. The figures of these numbers are drawn by
+``cxr.plots``, the scores come from ``cxr.inference``, thresholds are ``cxr.thresholds``'.
 """
 
 from __future__ import annotations
@@ -20,74 +18,13 @@ import pandas as pd
 from sklearn import metrics
 
 from cxr import data
+from cxr.checks import as_label_matrix, as_scores, not_computable_reason, prepare, safe_ratio
 
 # Expert finding -> (model labels whose maximum is the score, NIH labels whose "or" is the NIH label).
 EXPERT_COMPARISONS = {
     "Pneumothorax": (("Pneumothorax",), ("Pneumothorax",)),
     "Nodule or mass": (("Nodule", "Mass"), ("Nodule", "Mass")),
 }
-THRESHOLD_RULES = ("youden", "f1")
-NOT_COMPUTABLE_THRESHOLD = 0.5
-
-
-# --- input checks --------------------------------------------------------------------------------
-
-
-def _as_label_matrix(y_true: np.ndarray, name: str = "y_true") -> np.ndarray:
-    """(N,) or (N, C) 0/1 values -> (N, C) int8; ValueError for anything else."""
-    array = np.asarray(y_true)
-    if array.ndim == 1:
-        array = array[:, np.newaxis]
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be an (N, C) array of 0/1 labels, got shape {array.shape}.")
-    if array.size and not np.isin(array, (0, 1)).all():
-        raise ValueError(f"{name} must hold only 0 and 1 (uncertain or missing labels are not supported).")
-    return array.astype(np.int8)
-
-
-def _as_scores(y_score: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(N,) or (N, C) finite scores matching the labels' shape -> (N, C) float64."""
-    array = np.asarray(y_score, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[:, np.newaxis]
-    if array.shape != shape:
-        raise ValueError(f"y_score has shape {array.shape} but y_true has shape {shape}.")
-    if not np.isfinite(array).all():
-        raise ValueError("y_score contains NaN or infinite values.")
-    return array
-
-
-def _check_labels(labels: Sequence[str], num_classes: int) -> list[str]:
-    labels = list(labels)
-    if len(labels) != num_classes:
-        raise ValueError(f"{len(labels)} label names for {num_classes} columns.")
-    return labels
-
-
-def _prepare(
-    y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str] | None = None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    truth = _as_label_matrix(y_true)
-    scores = _as_scores(y_score, truth.shape)
-    names = _check_labels(labels, truth.shape[1]) if labels is not None else [str(i) for i in range(truth.shape[1])]
-    return truth, scores, names
-
-
-def _not_computable_reason(positives: int, negatives: int) -> str:
-    """'' if a class has both kinds of case, else why its AUROC cannot be computed."""
-    if positives and negatives:
-        return ""
-    if not positives and not negatives:
-        return "not computable: no case"
-    return "not computable: no positive case" if not positives else "not computable: no negative case"
-
-
-def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator elementwise, NaN where the denominator is 0 (and no warning)."""
-    numerator = np.asarray(numerator, dtype=np.float64)
-    denominator = np.asarray(denominator, dtype=np.float64)
-    result = np.full(np.broadcast(numerator, denominator).shape, np.nan)
-    return np.divide(numerator, denominator, out=result, where=denominator != 0)
 
 
 # --- AUROC ---------------------------------------------------------------------------------------
@@ -115,7 +52,7 @@ def _weighted_auroc(truth: np.ndarray, score: np.ndarray, weights: np.ndarray) -
     negatives_below = np.cumsum(negative, axis=1) - negative
     concordant = (positive * (negatives_below + 0.5 * negative)).sum(axis=1)
     pairs = positive.sum(axis=1) * negative.sum(axis=1)
-    return _safe_ratio(concordant, pairs)
+    return safe_ratio(concordant, pairs)
 
 
 def auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -127,9 +64,9 @@ def auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     Returns:
         The AUROC (ties count one half), or NaN if there is no positive or no negative case.
     """
-    truth = _as_label_matrix(np.ravel(y_true))[:, 0]
-    score = _as_scores(np.ravel(y_score), (len(truth), 1))[:, 0]
-    if _not_computable_reason(int(truth.sum()), int(len(truth) - truth.sum())):
+    truth = as_label_matrix(np.ravel(y_true))[:, 0]
+    score = as_scores(np.ravel(y_score), (len(truth), 1))[:, 0]
+    if not_computable_reason(int(truth.sum()), int(len(truth) - truth.sum())):
         return float("nan")
     return float(_weighted_auroc(truth, score, np.ones((1, len(truth))))[0])
 
@@ -177,7 +114,7 @@ def auroc_table(
         ``negatives`` and ``note`` (why a class is not computable, or how many resamples the
         interval rests on when some were skipped).
     """
-    truth, scores, names = _prepare(y_true, y_score, labels)
+    truth, scores, names = prepare(y_true, y_score, labels)
     if not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}.")
     if groups is not None and len(groups) != len(truth):
@@ -190,7 +127,7 @@ def auroc_table(
     for column, name in enumerate(names):
         positives = int(truth[:, column].sum())
         negatives = len(truth) - positives
-        note = _not_computable_reason(positives, negatives)
+        note = not_computable_reason(positives, negatives)
         point = low = high = np.nan
         if not note:
             point = auroc(truth[:, column], scores[:, column])
@@ -233,16 +170,16 @@ def compare_mean_auroc(
     """
     if reference is not None and reference not in scores:
         raise ValueError(f"reference {reference!r} is not one of the models {list(scores)}.")
-    truth = _as_label_matrix(y_true)
+    truth = as_label_matrix(y_true)
     if groups is not None and len(groups) != len(truth):
         raise ValueError(f"{len(groups)} group ids for {len(truth)} images.")
     weights = _bootstrap_weights(len(truth), groups, n_bootstrap, np.random.default_rng(seed))
     computable = [c for c in range(truth.shape[1])
-                  if not _not_computable_reason(int(truth[:, c].sum()),
+                  if not not_computable_reason(int(truth[:, c].sum()),
                                                 int(len(truth) - truth[:, c].sum()))]  # fmt: skip
     point, resampled = {}, {}
     for name, score in scores.items():
-        score = _as_scores(score, truth.shape)
+        score = as_scores(score, truth.shape)
         point[name] = mean_class_auroc(truth, score)
         per_class = [_weighted_auroc(truth[:, c], score[:, c], weights) for c in computable]
         with warnings.catch_warnings():  # a resample without any computable class gives NaN, left out
@@ -268,8 +205,8 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
 
 def mean_class_auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """Mean AUROC over the classes that have both a positive and a negative case (NaN if none has)."""
-    truth = _as_label_matrix(y_true)
-    scores = _as_scores(y_score, truth.shape)
+    truth = as_label_matrix(y_true)
+    scores = as_scores(y_score, truth.shape)
     values = [auroc(truth[:, c], scores[:, c]) for c in range(truth.shape[1])]
     values = [value for value in values if np.isfinite(value)]
     return float(np.mean(values)) if values else float("nan")
@@ -336,11 +273,11 @@ def roc_curves(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]) -
     Args:
         y_true: (N, C) 0/1 labels. y_score: (N, C) scores. labels: the C class names.
     """
-    truth, scores, names = _prepare(y_true, y_score, labels)
+    truth, scores, names = prepare(y_true, y_score, labels)
     curves = {}
     for column, name in enumerate(names):
         positives = int(truth[:, column].sum())
-        if _not_computable_reason(positives, len(truth) - positives):
+        if not_computable_reason(positives, len(truth) - positives):
             curves[name] = None
             continue
         false_positive_rate, true_positive_rate, _ = metrics.roc_curve(truth[:, column], scores[:, column])
@@ -360,7 +297,7 @@ def precision_recall_curves(
     Args:
         y_true: (N, C) 0/1 labels. y_score: (N, C) scores. labels: the C class names.
     """
-    truth, scores, names = _prepare(y_true, y_score, labels)
+    truth, scores, names = prepare(y_true, y_score, labels)
     curves = {}
     for column, name in enumerate(names):
         positives = int(truth[:, column].sum())
@@ -371,133 +308,6 @@ def precision_recall_curves(
         average_precision = metrics.average_precision_score(truth[:, column], scores[:, column])
         curves[name] = PrecisionRecallCurve(recall, precision, average_precision, positives / len(truth))
     return curves
-
-
-# --- thresholds ----------------------------------------------------------------------------------
-
-
-def choose_thresholds(
-    y_true: np.ndarray, y_score: np.ndarray, rule: str = "youden", labels: Sequence[str] | None = None
-) -> np.ndarray:
-    """One operating threshold per class (a case is positive when its score is >= the threshold).
-
-    Rules:
-        ``"youden"``: the threshold maximising Youden's J = sensitivity + specificity - 1.
-        ``"f1"``: the threshold maximising F1 = 2 PPV sensitivity / (PPV + sensitivity).
-    Ties go to the highest threshold. A class without both a positive and a negative case gets
-    0.5 and a warning.
-
-    Args:
-        y_true: (N, C) 0/1 labels. y_score: (N, C) scores.
-        rule: ``"youden"`` or ``"f1"``.
-        labels: class names, only for the warning.
-
-    Returns:
-        (C,) float64 thresholds.
-    """
-    if rule not in THRESHOLD_RULES:
-        raise ValueError(f"rule must be one of {THRESHOLD_RULES}, got {rule!r}.")
-    truth, scores, names = _prepare(y_true, y_score, labels)
-    thresholds = np.full(truth.shape[1], NOT_COMPUTABLE_THRESHOLD)
-    skipped = []
-    for column in range(truth.shape[1]):
-        positives = int(truth[:, column].sum())
-        if _not_computable_reason(positives, len(truth) - positives):
-            skipped.append(names[column])
-            continue
-        if rule == "youden":
-            false_positive_rate, true_positive_rate, candidates = metrics.roc_curve(
-                truth[:, column], scores[:, column], drop_intermediate=False
-            )
-            # The first candidate is +inf (nothing called positive): never a usable threshold.
-            objective, candidates = (true_positive_rate - false_positive_rate)[1:], candidates[1:]
-        else:
-            precision, recall, candidates = metrics.precision_recall_curve(truth[:, column], scores[:, column])
-            objective = _safe_ratio(2 * precision[:-1] * recall[:-1], precision[:-1] + recall[:-1])
-            objective = np.nan_to_num(objective, nan=0.0)
-        best = np.flatnonzero(objective == objective.max())
-        thresholds[column] = candidates[best].max()
-    if skipped:
-        warnings.warn(
-            f"No threshold can be chosen for {skipped} (no positive or no negative case); using "
-            f"{NOT_COMPUTABLE_THRESHOLD}.",
-            stacklevel=2,
-        )
-    return thresholds
-
-
-def _as_thresholds(thresholds: float | np.ndarray, num_classes: int) -> np.ndarray:
-    array = np.asarray(thresholds, dtype=np.float64)
-    if array.ndim == 0:
-        array = np.full(num_classes, float(array))
-    if array.shape != (num_classes,):
-        raise ValueError(f"Expected one threshold or {num_classes}, got shape {array.shape}.")
-    return array
-
-
-def _confusion_counts(truth: np.ndarray, scores: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
-    """(C,) TP, FP, TN, FN counts per class at ``score >= threshold``."""
-    predicted = scores >= thresholds[np.newaxis, :]
-    actual = truth.astype(bool)
-    return {
-        "TP": (predicted & actual).sum(axis=0),
-        "FP": (predicted & ~actual).sum(axis=0),
-        "TN": (~predicted & ~actual).sum(axis=0),
-        "FN": (~predicted & actual).sum(axis=0),
-    }
-
-
-def threshold_metrics(
-    y_true: np.ndarray, y_score: np.ndarray, thresholds: float | np.ndarray, labels: Sequence[str]
-) -> pd.DataFrame:
-    """Confusion counts and the metrics derived from them, per class, at the given thresholds.
-
-    PPV, NPV and accuracy depend on the prevalence of this set, reported alongside them.
-
-    Args:
-        y_true: (N, C) 0/1 labels. y_score: (N, C) scores.
-        thresholds: (C,) thresholds, or one for all classes; positive means score >= threshold.
-        labels: the C class names.
-
-    Returns:
-        DataFrame indexed by label with ``threshold``, ``prevalence``, ``TP``, ``FP``, ``TN``,
-        ``FN``, ``sensitivity``, ``specificity``, ``PPV``, ``NPV``, ``F1``, ``accuracy``
-        (NaN where a denominator is 0).
-    """
-    truth, scores, names = _prepare(y_true, y_score, labels)
-    cutoffs = _as_thresholds(thresholds, truth.shape[1])
-    counts = _confusion_counts(truth, scores, cutoffs)
-    tp, fp, tn, fn = (counts[key] for key in ("TP", "FP", "TN", "FN"))
-    table = pd.DataFrame(
-        {
-            "threshold": cutoffs,
-            "prevalence": _safe_ratio(tp + fn, np.full(len(names), len(truth))),
-            **counts,
-            "sensitivity": _safe_ratio(tp, tp + fn),
-            "specificity": _safe_ratio(tn, tn + fp),
-            "PPV": _safe_ratio(tp, tp + fp),
-            "NPV": _safe_ratio(tn, tn + fn),
-            "F1": _safe_ratio(2 * tp, 2 * tp + fp + fn),
-            "accuracy": _safe_ratio(tp + tn, tp + fp + tn + fn),
-        },
-        index=pd.Index(names, name="label"),
-    )
-    return table
-
-
-def classification_report(
-    y_true: np.ndarray, y_score: np.ndarray, thresholds: float | np.ndarray, labels: Sequence[str]
-) -> str:
-    """scikit-learn's multilabel precision/recall/F1 report at the given thresholds (0 where undefined).
-
-    Args:
-        y_true: (N, C) 0/1 labels. y_score: (N, C) scores.
-        thresholds: (C,) thresholds or one for all; positive means score >= threshold.
-        labels: the C class names.
-    """
-    truth, scores, names = _prepare(y_true, y_score, labels)
-    predicted = (scores >= _as_thresholds(thresholds, truth.shape[1])[np.newaxis, :]).astype(np.int8)
-    return metrics.classification_report(truth, predicted, target_names=names, zero_division=0)
 
 
 # --- expert labels -------------------------------------------------------------------------------
@@ -542,7 +352,7 @@ def expert_label_comparison(
         expert_truth = expert_rows[finding].to_numpy()[has_expert].astype(np.int8)
         nih_truth = (frame[list(nih_labels)].to_numpy()[has_expert] > 0).any(axis=1).astype(np.int8)
         notes = [f"{source}: {reason}" for source, truth in (("expert", expert_truth), ("NIH", nih_truth))
-                 if (reason := _not_computable_reason(int(truth.sum()), int(len(truth) - truth.sum())))]
+                 if (reason := not_computable_reason(int(truth.sum()), int(len(truth) - truth.sum())))]
         rows[finding] = {
             "images": int(has_expert.sum()),
             "expert positives": int(expert_truth.sum()),

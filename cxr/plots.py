@@ -116,7 +116,7 @@ def plot_confusion_matrices(table: pd.DataFrame, columns: int = 5) -> Figure:
     """A grid of 2x2 confusion matrices (rows: actual, columns: predicted), one per class, with counts.
 
     Args:
-        table: ``evaluation.threshold_metrics``: one row per class (the index) with ``threshold``,
+        table: ``thresholds.threshold_metrics``: one row per class (the index) with ``threshold``,
             ``TP``, ``FP``, ``TN`` and ``FN``.
         columns: matrices per row of the grid.
     """

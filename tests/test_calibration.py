@@ -99,17 +99,6 @@ def test_ece_is_the_weighted_gap_per_bin_and_zero_when_calibrated():
     assert predicted[2] == pytest.approx(0.25) and observed[9] == 1.0 and np.isnan(observed[0])
 
 
-def test_threshold_at_specificity_keeps_that_share_of_negatives_below_it():
-    rng = np.random.default_rng(3)
-    truth = (rng.random((500, 2)) < 0.3).astype(int)
-    scores = rng.random((500, 2)) + truth * 0.3
-    thresholds = calibration.threshold_at_specificity(truth, scores, 0.9)
-    for column in range(2):
-        negatives = scores[truth[:, column] == 0, column]
-        specificity = (negatives < thresholds[column]).mean()
-        assert 0.9 <= specificity < 0.9 + 2 / len(negatives)
-
-
 def test_reliability_curves_are_each_columns_reliability():
     rng = np.random.default_rng(0)
     truth = (rng.random((200, 3)) < 0.3).astype(int)

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from cxr import calibration, evaluation, plots  # noqa: E402
+from cxr import calibration, evaluation, plots, thresholds  # noqa: E402
 
 LABELS3 = ("A", "B", "C")
 
@@ -39,7 +39,7 @@ def legend_texts(figure: plt.Figure) -> list[str]:
     [
         lambda t, s: plots.plot_roc_curves(evaluation.roc_curves(t, s, LABELS3)),
         lambda t, s: plots.plot_precision_recall_curves(evaluation.precision_recall_curves(t, s, LABELS3)),
-        lambda t, s: plots.plot_confusion_matrices(evaluation.threshold_metrics(t, s, [0.5, 0.5, 0.5], LABELS3)),
+        lambda t, s: plots.plot_confusion_matrices(thresholds.threshold_metrics(t, s, [0.5, 0.5, 0.5], LABELS3)),
     ],
     ids=["roc", "precision-recall", "confusion"],
 )
@@ -72,7 +72,7 @@ def test_precision_recall_figure_mentions_prevalence():
 
 def test_confusion_grid_has_one_matrix_per_class_with_its_counts():
     y_true, y_score = random_case(0, classes=7)
-    table = evaluation.threshold_metrics(y_true, y_score, 0.5, tuple("ABCDEFG"))
+    table = thresholds.threshold_metrics(y_true, y_score, 0.5, tuple("ABCDEFG"))
     figure = plots.plot_confusion_matrices(table, columns=4)
     try:
         assert sum(axis.get_visible() and axis.axison for axis in figure.axes) == 7
