@@ -9,7 +9,7 @@ AUROC: it is reported as NaN with a note, never as 0.5. The figures of these num
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -273,16 +273,13 @@ def roc_curves(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]) -
     Args:
         y_true: (N, C) 0/1 labels. y_score: (N, C) scores. labels: the C class names.
     """
-    truth, scores, names = prepare(y_true, y_score, labels)
-    curves = {}
-    for column, name in enumerate(names):
-        positives = int(truth[:, column].sum())
-        if not_computable_reason(positives, len(truth) - positives):
-            curves[name] = None
-            continue
-        false_positive_rate, true_positive_rate, _ = metrics.roc_curve(truth[:, column], scores[:, column])
-        curves[name] = RocCurve(false_positive_rate, true_positive_rate, auroc(truth[:, column], scores[:, column]))
-    return curves
+    def curve(truth: np.ndarray, score: np.ndarray) -> RocCurve | None:
+        if not_computable_reason(int(truth.sum()), int(len(truth) - truth.sum())):
+            return None
+        false_positive_rate, true_positive_rate, _ = metrics.roc_curve(truth, score)
+        return RocCurve(false_positive_rate, true_positive_rate, auroc(truth, score))
+
+    return _by_class(y_true, y_score, labels, curve)
 
 
 def precision_recall_curves(
@@ -297,17 +294,19 @@ def precision_recall_curves(
     Args:
         y_true: (N, C) 0/1 labels. y_score: (N, C) scores. labels: the C class names.
     """
+    def curve(truth: np.ndarray, score: np.ndarray) -> PrecisionRecallCurve | None:
+        if not truth.any():
+            return None
+        precision, recall, _ = metrics.precision_recall_curve(truth, score)
+        return PrecisionRecallCurve(recall, precision, metrics.average_precision_score(truth, score), truth.mean())
+
+    return _by_class(y_true, y_score, labels, curve)
+
+
+def _by_class(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str], curve: Callable) -> dict:
+    """``curve(truth, score)`` of each class's column, by class name."""
     truth, scores, names = prepare(y_true, y_score, labels)
-    curves = {}
-    for column, name in enumerate(names):
-        positives = int(truth[:, column].sum())
-        if not positives:
-            curves[name] = None
-            continue
-        precision, recall, _ = metrics.precision_recall_curve(truth[:, column], scores[:, column])
-        average_precision = metrics.average_precision_score(truth[:, column], scores[:, column])
-        curves[name] = PrecisionRecallCurve(recall, precision, average_precision, positives / len(truth))
-    return curves
+    return {name: curve(truth[:, column], scores[:, column]) for column, name in enumerate(names)}
 
 
 # --- expert labels -------------------------------------------------------------------------------
