@@ -73,18 +73,35 @@ FusedBatchNormalization.__name__ = "BatchNormalization"
 _SWAP_LOCK = threading.Lock()
 
 
+def _batch_norm_class(fused: bool, synchronized: bool) -> type[keras.layers.BatchNormalization]:
+    base = FusedBatchNormalization if fused else keras.layers.BatchNormalization
+    if not synchronized:
+        return base
+
+    class SynchronizedBatchNormalization(base):
+        """Batch statistics all-reduced over the replicas, so that every replica's moving averages stay the same."""
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("synchronized", True)
+            super().__init__(*args, **kwargs)
+
+    SynchronizedBatchNormalization.__name__ = "BatchNormalization"  # the weight files' layer class, as above
+    return SynchronizedBatchNormalization
+
+
 @contextlib.contextmanager
-def fused_batch_norms():
-    """Within this block, Keras' DenseNet121 builds its batch norms as FusedBatchNormalization layers.
+def densenet_batch_norms(fused: bool = True, synchronized: bool = False):
+    """Within this block, Keras' DenseNet121 builds its batch norms fused and/or synchronised.
 
     keras.applications builds DenseNet121 from ``keras.src.layers``; swapping the class there for the
-    time of one construction builds the fused model once (same layer names, same weight files) instead
-    of building a plain one and cloning it.
+    time of one construction builds the model once (same layer names, same weight files) instead
+    of building a plain one and cloning it. Synchronised layers compute the batch statistics over all
+    replicas of a distribution strategy (Keras' own, not fused: the fused op sees one replica's batch).
     """
     layers = keras_densenet.layers
     with _SWAP_LOCK:  # one swap at a time, so that two threads building at once restore Keras' class
         plain = layers.BatchNormalization
-        layers.BatchNormalization = FusedBatchNormalization
+        layers.BatchNormalization = _batch_norm_class(fused, synchronized)
         try:
             yield
         finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import keras
 
-from cxr.fast_layers import fused_batch_norms, resolve_precision
+from cxr.fast_layers import densenet_batch_norms, resolve_precision
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 GIT_LFS_POINTER = b"version https://git-lfs"
@@ -30,6 +30,7 @@ def build_densenet121(
     precision: str = "float32",
     fuse_batch_norm: bool = True,
     dropout: float = 0.0,
+    synchronized_batch_norm: bool = False,
 ) -> keras.Model:
     """DenseNet121 features, global average pooling and one sigmoid output per finding.
 
@@ -47,11 +48,13 @@ def build_densenet121(
             False gives Keras' own layers, as in the course (same weights, same results, slower).
         dropout: rate of a dropout layer between the pooled features and the head (training only;
             it holds no weights, so the weight files are the same with or without it).
+        synchronized_batch_norm: batch statistics over all replicas of a distribution strategy, so
+            that the replicas' moving averages stay identical (training on several devices or machines).
     """
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(resolve_precision(precision))
     try:
-        with fused_batch_norms() if fuse_batch_norm else contextlib.nullcontext():
+        with densenet_batch_norms(fuse_batch_norm, synchronized_batch_norm):
             base = keras.applications.DenseNet121(
                 include_top=False,
                 weights=None if weights is None else str(weights),

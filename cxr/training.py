@@ -229,6 +229,8 @@ def build_model(cfg: TrainConfig, precision: str, steps_per_epoch: int, train_la
         "imagenet" if cfg.initial_weights == "imagenet" else None,
         precision=precision,
         dropout=cfg.dropout,
+        # Over several replicas, batch statistics of the global batch: the replicas stay identical.
+        synchronized_batch_norm=tf.distribute.get_strategy().num_replicas_in_sync > 1,
     )
     positive_frequencies, negative_frequencies = data.compute_class_freqs(train_labels)
     network.compile(

@@ -149,6 +149,7 @@ def test_both_workers_resume_from_the_epoch_the_chief_committed_before_the_kill(
 def test_the_workers_end_with_identical_weights_and_a_falling_loss(two_workers):
     chief, other = two_workers["reports"]
     assert int(chief["replicas"]) == int(other["replicas"]) == 1
+    assert len(_weights(chief)) == 8  # convolution 2, batch norm 4 (with its moving averages), head 2
     for got, want in zip(_weights(other), _weights(chief), strict=True):
         np.testing.assert_array_equal(got, want)
     loss = pd.read_csv(two_workers["output"] / RunDirectory.LOG)["loss"]

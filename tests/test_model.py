@@ -290,6 +290,22 @@ def test_dropout_before_the_head_trains_only_and_shares_the_weight_files(tmp_pat
 
 
 @pytest.mark.slow
+def test_synchronized_batch_norms_share_the_weight_files_and_the_results(tmp_path, source, inputs):
+    synchronized = build_densenet121(len(config.LABELS), SIZE, synchronized_batch_norm=True)
+    norms = [layer for layer in synchronized.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 121 and all(layer.synchronized for layer in norms)
+    source.save_weights(tmp_path / "source.weights.h5")
+    load_pretrained_weights(synchronized, tmp_path / "source.weights.h5")
+    np.testing.assert_allclose(_predict(synchronized, inputs), _predict(source, inputs), atol=1e-5)
+    # Outside a distribution strategy there is one replica: a training step matches the fused layers',
+    # moving averages included (on copies: a training step updates them).
+    fused = load_pretrained_weights(build_densenet121(len(config.LABELS), SIZE), tmp_path / "source.weights.h5")
+    batch = keras.ops.convert_to_tensor(inputs)
+    np.testing.assert_allclose(synchronized(batch, training=True), fused(batch, training=True), atol=1e-4)
+    for got, want in zip(_weights(synchronized), _weights(fused), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_input_size_is_configurable():
     network = build_densenet121(3, image_size=64)
     assert network.input_shape == (None, 64, 64, 3)
