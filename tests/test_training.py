@@ -545,7 +545,7 @@ def test_a_run_saved_before_the_precision_setting_existed_counts_as_float32():
 
 
 def _small_densenet(num_classes: int, image_size: int | None, weights=None, precision: str = "float32",
-                    dropout: float = 0.0) -> keras.Model:
+                    dropout: float = 0.0, synchronized_batch_norm: bool = False) -> keras.Model:
     """DenseNet121's input and output, with a model small enough to train in seconds."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
