@@ -19,8 +19,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from cxr import baselines, calibration, config, data, evaluation, images, thresholds
 from cxr import model as cxr_model
 from cxr.inference import PER_IMAGE, TRAINING_STATISTICS, ShippedModel, predict
@@ -33,18 +31,8 @@ METADATA = "metadata baseline"
 THUMBNAIL = "32x32 thumbnail baseline"
 
 
-class Split:
-    """One split of the run's split directory: its rows, labels, patients and decoded images."""
-
-    def __init__(self, name: str, split_dir: Path, data_dir: Path, image_size: int | None, labels: list[str]):
-        self.name = name
-        # The training split is only needed for its labels and metadata (image_size None: no images).
-        split = images.load_split(name, image_size, split_dir=split_dir, data_dir=data_dir, labels=tuple(labels),
-                                  cache_dir=config.SPLIT_DIR / "cache")
-        self.frame, self.pixels, self.truth, self.patients = split.rows, split.pixels, split.labels, split.patients
-
-    def mean_auroc(self, scores: np.ndarray) -> float:
-        return evaluation.mean_class_auroc(self.truth, scores)
+def mean_auroc(split: images.Split, scores) -> float:
+    return evaluation.mean_class_auroc(split.labels, scores)
 
 
 def read_run(run_dir: Path) -> tuple[dict, dict, dict]:
@@ -86,7 +74,10 @@ def main() -> None:
     size = run_config["image_size"]
     # The run's own split and data: another split could hold the run's training patients.
     split_dir, data_dir = Path(run_config["split_dir"]), config.data_dir(run_config["data_dir"])
-    splits = {name: Split(name, split_dir, data_dir, None if name == "train" else size, labels) for name in data.SPLITS}
+    # The training split is only needed for its labels and metadata (no size: no images decoded).
+    splits = {name: images.load_split(name, None if name == "train" else size, split_dir=split_dir, data_dir=data_dir,
+                                      labels=tuple(labels), cache_dir=config.SPLIT_DIR / "cache")
+              for name in data.SPLITS}
     network = cxr_model.build_densenet121(len(labels), size)
     cxr_model.load_pretrained_weights(network, args.run_dir / args.weights)
 
@@ -97,13 +88,13 @@ def main() -> None:
         PER_IMAGE: PER_IMAGE,
     }
     by_standardisation = {
-        name: valid.mean_auroc(predict(network, valid.pixels, statistics, verbose=0))
+        name: mean_auroc(valid, predict(network, valid.pixels, statistics, verbose=0))
         for name, statistics in candidates.items()
     }
     standardisation = max(by_standardisation, key=by_standardisation.get)
     statistics = candidates[standardisation]
     by_flip = {
-        flip: valid.mean_auroc(predict(network, valid.pixels, statistics, verbose=0, flip=flip))
+        flip: mean_auroc(valid, predict(network, valid.pixels, statistics, verbose=0, flip=flip))
         for flip in (False, True)
     }
     flip = by_flip[True] > by_flip[False]
@@ -121,27 +112,27 @@ def main() -> None:
 
     scores = {split: score(shipped, split) for split in ("valid", "test")}
     if args.float16:
-        loss = {split: splits[split].mean_auroc(score(network, split)) - splits[split].mean_auroc(scores[split])
+        loss = {split: mean_auroc(splits[split], score(network, split)) - mean_auroc(splits[split], scores[split])
                 for split in scores}  # fmt: skip
         print(f"mean AUROC lost by float16 weights: {loss}")
         if max(loss.values()) >= FLOAT16_TOLERANCE:
             raise SystemExit(f"float16 loses {loss} mean AUROC: export without --float16.")
 
-    baseline_scores = baselines.baseline_scores({name: split.frame for name, split in splits.items()}, data_dir,
+    baseline_scores = baselines.baseline_scores({name: split.rows for name, split in splits.items()}, data_dir,
                                                 labels=tuple(labels))
     results = {}
     for name in scores:
         split = splits[name]
-        per_class = evaluation.auroc_table(split.truth, scores[name], labels, split.patients)
+        per_class = evaluation.auroc_table(split.labels, scores[name], labels, split.patients)
         compared = evaluation.compare_mean_auroc(
-            split.truth,
+            split.labels,
             {"model": scores[name], METADATA: baseline_scores[name]["metadata"],
              THUMBNAIL: baseline_scores[name]["thumbnail"]},
             split.patients,
             reference=METADATA,
         )  # fmt: skip
         results[name] = {
-            "images": len(split.frame),
+            "images": len(split.rows),
             "patients": int(len(set(split.patients))),
             "auroc": {label: rounded(row) for label, row in per_class[["AUROC", "CI low", "CI high"]].iterrows()},
             "mean_auroc": {model: rounded(row.dropna()) for model, row in compared.iterrows()},
@@ -152,22 +143,22 @@ def main() -> None:
     # The prevalences the loss was weighted with: those of the rows training used.
     train_rows = load_split(TrainConfig(**run_config), "train").rows
     positive_frequencies, _ = data.compute_class_freqs(data.label_matrix(train_rows, labels))
-    fitted = calibration.fit_calibration(scores["valid"], splits["valid"].truth, positive_frequencies, labels)
+    fitted = calibration.fit_calibration(scores["valid"], splits["valid"].labels, positive_frequencies, labels)
     probabilities = {split: calibration.calibrate(scores[split], fitted, labels) for split in scores}
-    at_specificity = thresholds.threshold_at_specificity(splits["valid"].truth, probabilities["valid"], SPECIFICITY)
-    youden = thresholds.choose_thresholds(splits["valid"].truth, probabilities["valid"], rule="youden", labels=labels)
+    at_specificity = thresholds.threshold_at_specificity(splits["valid"].labels, probabilities["valid"], SPECIFICITY)
+    youden = thresholds.choose_thresholds(splits["valid"].labels, probabilities["valid"], rule="youden", labels=labels)
     test = splits["test"]
-    no_finding = (test.frame[list(config.LABELS)].sum(axis=1) == 0).to_numpy()
+    no_finding = (test.rows[list(config.LABELS)].sum(axis=1) == 0).to_numpy()
     fitted["test_ece"] = {
-        "before": rounded({label: calibration.expected_calibration_error(test.truth[:, i], scores["test"][:, i])
+        "before": rounded({label: calibration.expected_calibration_error(test.labels[:, i], scores["test"][:, i])
                            for i, label in enumerate(labels)}),
-        "after": rounded({label: calibration.expected_calibration_error(test.truth[:, i], probabilities["test"][:, i])
+        "after": rounded({label: calibration.expected_calibration_error(test.labels[:, i], probabilities["test"][:, i])
                           for i, label in enumerate(labels)}),
     }  # fmt: skip
     operating = {}
     for rule, rule_thresholds in ((f"specificity {SPECIFICITY:.2f}", at_specificity), ("youden", youden)):
         flagged = probabilities["test"] >= rule_thresholds
-        counts = thresholds.threshold_metrics(test.truth, probabilities["test"], rule_thresholds, labels)
+        counts = thresholds.threshold_metrics(test.labels, probabilities["test"], rule_thresholds, labels)
         operating[rule] = {
             "sensitivity": rounded(counts["sensitivity"]),
             "specificity": rounded(counts["specificity"]),

@@ -70,7 +70,7 @@ class TrainConfig:
     initial_weights: str | None = None
     # How validation images are standardised: "per-image" as in training, or "training-statistics"
     # (the course's way; measured worse on validation for a model trained from scratch, see models/README.md)
-    validation_standardisation: str = pipeline.PER_IMAGE
+    validation_standardisation: str = inference.PER_IMAGE
     # auto: mixed_bfloat16 where the hardware computes bfloat16 natively (about 1.6x faster per 224-px
     # step than float32 on this project's AVX512_BF16 CPU, bench/RESULTS.md), float32 elsewhere; the
     # weights are float32 either way
@@ -84,7 +84,7 @@ class TrainConfig:
             "optimizer": ("adam", "sgd", "adamw"),
             "monitor": ("val_auc", "val_loss"),
             "strategy": ("default", "mirrored", "multi-worker"),
-            "validation_standardisation": (pipeline.PER_IMAGE, inference.TRAINING_STATISTICS),
+            "validation_standardisation": (inference.PER_IMAGE, inference.TRAINING_STATISTICS),
             "precision": fast_layers.PRECISIONS,
             "schedule": ("plateau", "cosine"),
         }
