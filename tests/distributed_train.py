@@ -1,6 +1,6 @@
 """The distributed tests' worker: train.py with a small stand-in for DenseNet121, reporting on its replicas.
 
-    python tests/distributed_train.py REPORT.npz [train.py flags]
+    PYTHONPATH=. python tests/distributed_train.py REPORT.npz [train.py flags]
 
 Runs train.py's ``main()``, then writes REPORT.npz: ``replicas``, the number of replicas in this process,
 ``spread``, the largest difference of a weight between them, and ``weight0``, ``weight1``..., replica 0's
@@ -8,14 +8,12 @@ weights: the trainable ones and the batch norm's moving averages.
 """
 
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train as train_script  # noqa: E402
-from cxr import training  # noqa: E402
+import train as train_script
+from cxr import training
 
 built: list[keras.Model] = []
 

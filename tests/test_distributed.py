@@ -60,7 +60,9 @@ def _start(report: Path, log: Path, arguments: list[str], **environment: str) ->
     with open(log, "w") as sink:
         return subprocess.Popen(
             [sys.executable, str(WORKER), str(report), *arguments], cwd=REPO_ROOT, stdout=sink,
-            stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **environment},
+            stderr=subprocess.STDOUT,
+            # PYTHONPATH: the worker imports train.py, a script beside the package, not installed with it.
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **environment},
         )  # fmt: skip
 
 
