@@ -9,6 +9,7 @@ or an exception at any moment leaves the previous file whole.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,9 +19,13 @@ PARTIAL_PREFIX = "partial-"
 
 
 def partial_path(path: str | os.PathLike) -> Path:
-    """Where ``path`` is written before its rename: beside it, ``partial-`` + its name."""
+    """Where ``path`` is written before its rename: beside it, ``partial-``, a part of its own, then its name.
+
+    The part of its own keeps two writers of the same file (two training workers filling the image
+    cache at once) from writing into, or renaming away, each other's temporary file.
+    """
     path = Path(path)
-    return path.with_name(PARTIAL_PREFIX + path.name)
+    return path.with_name(f"{PARTIAL_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
 
 
 def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[Path], object]) -> Path:

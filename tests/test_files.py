@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -62,3 +64,30 @@ def test_writing_several_files_is_all_or_nothing(tmp_path):
         files.atomic_write_all({first: "new train", second: disk_full})
     assert (first.read_text(), second.read_text()) == ("old train", "old valid")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train.csv", "valid.csv"]
+
+
+def test_two_writers_of_the_same_file_at_once_both_succeed(tmp_path):
+    # Two training workers can fill the same image cache at the same moment: each must write its own
+    # temporary file, and the file must end as one writer's whole content.
+    target, both_writing = tmp_path / "cache.npy", threading.Barrier(2)
+    errors = []
+
+    def writer(text):
+        def write(partial):
+            partial.write_text(text[:5])
+            both_writing.wait(timeout=10)  # both temporary files exist before either is renamed
+            partial.write_text(text)
+
+        try:
+            files.atomic_write(target, write)
+        except Exception as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(text,)) for text in ("first writer", "second writer")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert target.read_text() in ("first writer", "second writer")
+    assert not list(tmp_path.glob("partial-*"))
