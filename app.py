@@ -27,19 +27,19 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")  # before pyplot is imported: the overlays are drawn off screen, in the server's threads
 
-import gradio as gr  # noqa: E402
-import pandas as pd  # noqa: E402
-from gradio.utils import get_upload_folder  # noqa: E402
-from PIL import Image  # noqa: E402
-from starlette.datastructures import Headers  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
-from starlette.responses import PlainTextResponse  # noqa: E402
+import gradio as gr
+import pandas as pd
+from gradio.utils import get_upload_folder
+from PIL import Image
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
 
-from cxr.app_logic import (  # noqa: E402
+from cxr.app_logic import (
     COLUMNS,
     DEFAULT_MODEL,
     DISCLAIMER,
@@ -49,7 +49,7 @@ from cxr.app_logic import (  # noqa: E402
     Predictor,
     load_predictor,
 )
-from cxr.inference import PER_IMAGE  # noqa: E402
+from cxr.inference import PER_IMAGE
 
 HOST = "127.0.0.1"
 LOCAL_NAMES = (HOST, "localhost")

@@ -24,10 +24,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads (bench.timing imports it)
 
-import keras  # noqa: E402
+import keras
 
-from bench import report, timing, workloads  # noqa: E402
-from cxr.fast_layers import resolve_precision  # noqa: E402
+from bench import report, timing, workloads
+from cxr.fast_layers import resolve_precision
 
 RESULTS_FILE = workloads.REPO_ROOT / "bench" / "RESULTS.md"
 SECTIONS = ("inference", "threads", "training", "memory", "notebook")

@@ -12,14 +12,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
 
-from cxr import config, gradcam, plots  # noqa: E402
-from cxr.inference import standardise  # noqa: E402
-from cxr.model import LAST_CONV_LAYER, build_densenet121  # noqa: E402
+from cxr import config, gradcam, plots
+from cxr.inference import standardise
+from cxr.model import LAST_CONV_LAYER, build_densenet121
 
 SIZE = 16
 LABELS = ("bright", "dark")

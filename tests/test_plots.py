@@ -8,12 +8,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
 
-from cxr import calibration, evaluation, plots, thresholds  # noqa: E402
+from cxr import calibration, evaluation, plots, thresholds
 
 LABELS3 = ("A", "B", "C")
 
