@@ -19,16 +19,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import keras  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
-from cxr.gradcam import explain_findings  # noqa: E402
-from cxr.images import ImageReadError, read_image, to_model_size  # noqa: E402
-from cxr.inference import ShippedModel, Standardisation  # noqa: E402
-from cxr.plots import plot_gradcam  # noqa: E402
+from cxr.gradcam import explain_findings
+from cxr.images import ImageReadError, read_image, to_model_size
+from cxr.inference import ShippedModel, Standardisation
+from cxr.plots import plot_gradcam
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "densenet121_cxr14"
 # MPO is the JPEG that cameras and phones write: a JPEG whose first frame is the picture, with
@@ -181,9 +181,9 @@ class Predictor:
 
     def findings_table(self, probabilities: np.ndarray) -> pd.DataFrame:
         """Findings sorted by probability, descending, with threshold and whether it is reached."""
-        rows = []
+        rows, thresholds = [], self.thresholds or {}  # read from the JSON once, not once per finding
         for label, probability in zip(self.labels, probabilities):
-            threshold = (self.thresholds or {}).get(label, float("nan"))
+            threshold = thresholds.get(label, float("nan"))
             above = "n/a" if math.isnan(threshold) else ("yes" if probability >= threshold else "no")
             rows.append({"Finding": label, "Probability": float(probability), "Threshold": threshold,
                          "Above threshold": above})
