@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from cxr.calibration import calibrate
 from cxr.data import BOX_SOURCE_SIZE
-from cxr.inference import Standardisation, predict, standardise
+from cxr.inference import Standardisation, check_images, predict, standardise
 from cxr.model import LAST_CONV_LAYER
 
 Box = tuple[float, float, float, float]
@@ -181,12 +181,7 @@ def box_iou(heatmap: np.ndarray, box: Sequence[float], threshold: float = 0.5) -
 
 
 def _check_images(images: np.ndarray, model: keras.Model) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 3:
-        raise ValueError(f"images must be (N, H, W) uint8 grayscale, got shape {images.shape}.")
-    expected = tuple(model.input_shape[1:3])
-    if None not in expected and images.shape[1:] != expected:
-        raise ValueError(f"images are {images.shape[1:]} but the model expects {expected}: resize them first.")
+    images = check_images(images, model)
     if images.shape[1] != images.shape[2]:
         raise ValueError(f"Boxes are scaled for square images, got {images.shape[1:]}.")
     return images

@@ -81,6 +81,17 @@ def standardise(pixels, statistics: Standardisation):
 # --- the batched forward pass --------------------------------------------------------------------
 
 
+def check_images(images: np.ndarray, model: keras.Model) -> np.ndarray:
+    """``images`` as an (N, H, W) array at ``model``'s input size, or ValueError saying what is wrong."""
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise ValueError(f"images must be an (N, H, W) array of grayscale pixels, got shape {images.shape}.")
+    expected = tuple(model.input_shape[1:3])
+    if None not in expected and images.shape[1:] != expected:
+        raise ValueError(f"images are {images.shape[1:]} but the model expects {expected}: resize them first.")
+    return images
+
+
 def predict(
     model: keras.Model,
     images: np.ndarray,
@@ -102,12 +113,9 @@ def predict(
     Returns:
         (N, C) float32 network outputs (uncalibrated).
     """
-    images = np.asarray(images)
-    if images.ndim != 3 or len(images) == 0:
-        raise ValueError(f"images must be a non-empty (N, H, W) array, got shape {images.shape}.")
-    expected = tuple(model.input_shape[1:3])
-    if None not in expected and images.shape[1:] != expected:
-        raise ValueError(f"images are {images.shape[1:]} but the model expects {expected}: resize them first.")
+    images = check_images(images, model)
+    if len(images) == 0:
+        raise ValueError("images must be a non-empty (N, H, W) array, got none.")
     check_standardisation(statistics)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
