@@ -82,6 +82,8 @@ def test_predict_standardises_like_validation():
         predict(model, images[:, :4, :4], statistics, verbose=0)
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         predict(model, images[0], statistics, verbose=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        predict(model, images[:0], statistics, verbose=0)
 
 
 @pytest.mark.parametrize("statistics", [(120.0, 50.0), PER_IMAGE], ids=["training-statistics", "per-image"])
