@@ -141,8 +141,7 @@ def main() -> None:
 
     # Calibration and thresholds, fitted on the validation split; thresholds apply to calibrated probabilities.
     # The prevalences the loss was weighted with: those of the rows training used.
-    train_rows = load_split(TrainConfig(**run_config), "train").rows
-    positive_frequencies, _ = data.compute_class_freqs(data.label_matrix(train_rows, labels))
+    positive_frequencies, _ = data.compute_class_freqs(load_split(TrainConfig(**run_config), "train").labels)
     fitted = calibration.fit_calibration(scores["valid"], splits["valid"].labels, positive_frequencies, labels)
     probabilities = {split: calibration.calibrate(scores[split], fitted, labels) for split in scores}
     at_specificity = thresholds.threshold_at_specificity(splits["valid"].labels, probabilities["valid"], SPECIFICITY)
