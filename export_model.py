@@ -5,7 +5,8 @@
 Writes DESTINATION.weights.h5 (no optimizer state) and DESTINATION.json: the labels, input size and
 training-set normalisation that inference needs, and what was chosen on the validation split only:
 the evaluation standardisation (training statistics or per image), whether to average each image
-with its mirror image (test-time flip), the calibration (cxr.calibration) and the operating
+with its mirror image (test-time flip), the layer GradCAM looks at (the one that points inside the
+most NIH boxes of the validation images), the calibration (cxr.calibration) and the operating
 thresholds (90% specificity; Youden's J as an alternative). It then scores the
 validation and test splits of the run's own split directory once: AUROC per finding with
 patient-bootstrap 95% CIs, beside two baselines that read no radiograph (cxr.baselines) and the
@@ -19,7 +20,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from cxr import baselines, calibration, config, data, evaluation, images, thresholds
+from cxr import baselines, calibration, config, data, evaluation, gradcam, images, thresholds
 from cxr import model as cxr_model
 from cxr.inference import PER_IMAGE, TRAINING_STATISTICS, ShippedModel, predict
 from cxr.run_directory import RunDirectory
@@ -49,6 +50,16 @@ def read_run(run_dir: Path) -> tuple[dict, dict, dict]:
                  for name in (RunDirectory.CONFIG, RunDirectory.STATE, RunDirectory.NORMALISATION))
 
 
+def choose_gradcam_layer(network, valid: images.Split, statistics, labels: list[str], data_dir: Path):
+    """``gradcam.choose_layer`` on the validation images with NIH boxes: (layer, hit rate of each candidate);
+    the last convolutional layer, and no rates, where there is no box to point at."""
+    try:
+        return gradcam.choose_layer(network, valid.rows, valid.pixels, statistics, labels, data.load_boxes(data_dir))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"GradCAM keeps the last convolutional layer: {error}")
+        return cxr_model.LAST_CONV_LAYER, {}
+
+
 def project_relative(path: Path) -> str:
     """``path`` relative to the repository where it lies inside it (the card names no machine's paths)."""
     resolved = path.resolve()
@@ -75,8 +86,9 @@ def main() -> None:
     # The run's own split and data: another split could hold the run's training patients.
     split_dir, data_dir = Path(run_config["split_dir"]), config.data_dir(run_config["data_dir"])
     # The training split is only needed for its labels and metadata (no size: no images decoded).
+    blur = run_config.get("blur", 0.0)  # preprocessing as in training
     splits = {name: images.load_split(name, None if name == "train" else size, split_dir=split_dir, data_dir=data_dir,
-                                      labels=tuple(labels), cache_dir=config.SPLIT_DIR / "cache")
+                                      labels=tuple(labels), cache_dir=config.SPLIT_DIR / "cache", blur=blur)
               for name in data.SPLITS}
     network = cxr_model.build_densenet121(len(labels), size)
     cxr_model.load_pretrained_weights(network, args.run_dir / args.weights)
@@ -106,6 +118,9 @@ def main() -> None:
             half = Path(folder) / "half.weights.h5"
             cxr_model.save_weights_float16(network, half)
             shipped = cxr_model.load_pretrained_weights(cxr_model.build_densenet121(len(labels), size), half)
+
+    gradcam_layer, pointing_by_layer = choose_gradcam_layer(shipped, valid, statistics, labels, data_dir)
+    print(f"GradCAM layer {gradcam_layer}; validation pointing game by layer {pointing_by_layer}")
 
     def score(net, split):
         return predict(net, splits[split].pixels, statistics, verbose=0, flip=flip)
@@ -166,9 +181,12 @@ def main() -> None:
     card = {
         "labels": labels,
         "image_size": size,
+        "blur": blur,
         "normalisation": normalisation,
         "standardisation": standardisation,
         "test_time_flip": bool(flip),
+        "gradcam_layer": gradcam_layer,
+        "validation_pointing_game_by_gradcam_layer": rounded(pointing_by_layer),
         "validation_mean_auroc_by_standardisation": rounded(by_standardisation),
         "validation_mean_auroc_by_test_time_flip": {
             str(key).lower(): round(value, 4) for key, value in by_flip.items()

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxr.inference import ShippedModel
 
     shipped = ShippedModel.load(args.model)
-    labels, size = shipped.labels, shipped.image_size
+    labels = shipped.labels
     if shipped.calibration is None:
         print(f"warning: {args.model} has no calibration: the columns are the network's scores, not probabilities.",
               file=sys.stderr)  # fmt: skip
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_names, pixels = [], []
         for path in files[start:start + BATCH_SIZE]:
             try:
-                pixels.append(images.read_image(path, size))
+                pixels.append(shipped.preprocess(images.read_image(path)))
                 batch_names.append(str(path))
             except (OSError, ValueError) as error:  # missing, unreadable, not an image
                 failed.append(path)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                                                               start=len(names) + 1):
                     top = [labels[i] for i in np.argsort(row)[::-1][:TOP_FINDINGS]]
                     explanations = gradcam.explain_findings(shipped.model, image, shipped.statistics, labels, top,
-                                                            probabilities=row)
+                                                            layer_name=shipped.gradcam_layer, probabilities=row)
                     figure = plots.plot_gradcam(image, explanations)
                     # Numbered in the order of the table: a.png and a.jpg, or two folders' a.png, stay apart.
                     figure.savefig(args.gradcam / f"{position:04d}_{Path(name).stem}_gradcam.png", dpi=80,

@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from cxr.gradcam import explain_findings
-from cxr.images import ImageReadError, read_image, to_model_size
+from cxr.images import ImageReadError, read_image
 from cxr.inference import ShippedModel, Standardisation
 from cxr.plots import plot_gradcam
 
@@ -163,7 +163,7 @@ class Predictor:
                 f"{quoted_name(path)} could not be decoded: the file is truncated or corrupt. "
                 "Upload the complete PNG or JPEG file."
             ) from error
-        pixels = to_model_size(pixels, self.image_size)
+        pixels = self.shipped.preprocess(pixels)  # resized (and blurred) as in training
         if pixels.std() < MIN_CONTRAST:
             raise UnusableUpload(
                 f"{quoted_name(path)} has almost no contrast (standard deviation of its grey levels "
@@ -195,7 +195,8 @@ class Predictor:
         titled with ``probabilities`` (those of the table)."""
         with self.lock:
             explanations = explain_findings(self.model, pixels, self.statistics, self.labels, findings,
-                                            probabilities=probabilities, calibration=self.shipped.calibration)
+                                            layer_name=self.shipped.gradcam_layer, probabilities=probabilities,
+                                            calibration=self.shipped.calibration)
             figure = plot_gradcam(pixels, explanations)
             try:
                 buffer = io.BytesIO()

@@ -23,6 +23,12 @@ from cxr.model import LAST_CONV_LAYER
 
 Box = tuple[float, float, float, float]
 
+# Where GradCAM may look in DenseNet121, coarse to fine: the last convolutional activation (input/32,
+# 7x7 at 224 px), then the activations entering the last two transition layers (input/16 and input/8).
+# The last layer's maps are the most class-specific, earlier ones are finer (Jiang et al., LayerCAM,
+# IEEE TIP 2021); ``choose_layer`` picks one on the validation boxes and the model's JSON records it.
+CANDIDATE_LAYERS = (LAST_CONV_LAYER, "pool4_relu", "pool3_relu")
+
 # model -> {layer name: tf.function giving (feature maps, gradients)}; entries go with their model.
 _GRADIENT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -251,6 +257,33 @@ def localisation_scores(
     columns = ["Image", "Finding", "x", "y", "w", "h", "probability", "hit", "IoU", "vanished",
                "random point hit", "centre hit"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def choose_layer(
+    model: keras.Model,
+    frame: pd.DataFrame,
+    images: np.ndarray,
+    statistics: Standardisation,
+    labels: Sequence[str],
+    boxes: pd.DataFrame,
+    layers: Sequence[str] = CANDIDATE_LAYERS,
+) -> tuple[str, dict[str, float]]:
+    """The layer whose GradCAM wins the pointing game on the boxes of ``frame``'s images (validation
+    images: never those it will be reported on alone), and the hit rate of every layer.
+
+    Arguments as ``localisation_scores``; ties go to the layer listed first.
+
+    Raises:
+        ValueError: if none of the images has a box of a finding the model predicts.
+    """
+    rates = {}
+    for layer in layers:
+        scores = localisation_scores(model, frame, images, statistics, labels, boxes, layer_name=layer)
+        if scores.empty:
+            raise ValueError("None of the images has a box of a finding the model predicts: no layer to choose.")
+        rates[layer] = float(scores["hit"].mean())
+    best = max(layers, key=lambda layer: (rates[layer], -list(layers).index(layer)))
+    return best, rates
 
 
 def pointing_baselines(box: Sequence[float], size: int) -> dict[str, float]:

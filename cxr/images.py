@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from cxr import config, data
 from cxr.files import atomic_write
@@ -50,15 +50,26 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
 
 
-def to_model_size(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Bring a decoded image to (size, size) by way of CANONICAL_SIZE, whatever size it came in."""
-    return resize(resize(pixels, CANONICAL_SIZE), size)
+def to_model_size(pixels: np.ndarray, size: int, blur: float = 0.0) -> np.ndarray:
+    """Bring a decoded image to (size, size) by way of CANONICAL_SIZE, whatever size it came in.
+
+    ``blur``: the standard deviation, in pixels of the result, of a Gaussian blur applied last. The two
+    resamplings still leave a faint trace of the file's size in the band just below the new size's
+    limit (a 320-px file was filtered twice on its way to 256 px, a 512-px file once); a blur of 1 px
+    takes that band away (models/README.md measures it).
+    """
+    resized = resize(resize(pixels, CANONICAL_SIZE), size)
+    if blur < 0:
+        raise ValueError(f"blur must be a standard deviation of 0 or more pixels, got {blur}.")
+    if not blur:
+        return resized
+    return np.asarray(Image.fromarray(resized).filter(ImageFilter.GaussianBlur(blur)))
 
 
-def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, size: int | None = None, blur: float = 0.0) -> np.ndarray:
     """Read one image file as a (size, size) uint8 grayscale array (original size if ``size`` is None).
 
-    Resizing goes through ``CANONICAL_SIZE`` first (see ``to_model_size``).
+    Resizing goes through ``CANONICAL_SIZE`` first, then ``blur`` (see ``to_model_size``).
 
     Raises:
         FileNotFoundError: if the file is missing.
@@ -74,13 +85,13 @@ def read_image(path: str | Path, size: int | None = None) -> np.ndarray:
             pixels = to_grayscale_array(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{path}: not a readable image ({error}).") from error
-    return pixels if size is None else to_model_size(pixels, size)
+    return pixels if size is None else to_model_size(pixels, size, blur)
 
 
-def cache_key(frame: pd.DataFrame, data_dir: Path, size: int) -> str:
+def cache_key(frame: pd.DataFrame, data_dir: Path, size: int, blur: float = 0.0) -> str:
     """A digest of the preprocessing and of each file's name, size and modification time, so that a
     replaced, emptied or removed file is decoded again instead of keeping its old pixels."""
-    lines = [f"{size} px via {CANONICAL_SIZE} px", str(data_dir.resolve())]
+    lines = [f"{size} px via {CANONICAL_SIZE} px" + (f", blur {blur} px" if blur else ""), str(data_dir.resolve())]
     for _, row in frame.iterrows():
         try:
             stat = data.image_path(row, data_dir).stat()
@@ -97,6 +108,7 @@ def load_images(
     source: str = "split",
     cache_dir: str | Path | None = None,
     on_error: str = "raise",
+    blur: float = 0.0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Decode every image of a split table once, resized to ``size``, optionally cached on disk.
 
@@ -107,6 +119,7 @@ def load_images(
         source: name of the table for error messages (e.g. ``data/train.csv``).
         cache_dir: where to keep a ``.npy`` of the decoded images; None for no disk cache.
         on_error: ``"raise"`` stops at the first bad row; ``"skip"`` warns and leaves the row out.
+        blur: Gaussian blur after resizing, in pixels (see ``to_model_size``).
 
     Returns:
         images: (N, size, size) uint8 array; rows: the rows of ``frame`` that were loaded.
@@ -119,7 +132,7 @@ def load_images(
     data_dir = Path(data_dir)
     cache_file = None
     if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"images-{size}px-{cache_key(frame, data_dir, size)}.npy"
+        cache_file = Path(cache_dir) / f"images-{size}px-{cache_key(frame, data_dir, size, blur)}.npy"
         if cache_file.is_file():
             return np.load(cache_file), frame
 
@@ -127,7 +140,7 @@ def load_images(
     for position, (_, row) in enumerate(frame.iterrows()):
         path = data.image_path(row, data_dir)
         try:
-            images.append(read_image(path, size))
+            images.append(read_image(path, size, blur))
             kept.append(position)
         except (FileNotFoundError, ImageReadError) as error:
             # CSV line = position + 2 (the header is line 1).
@@ -166,6 +179,7 @@ def load_split(
     limit: int | None = None,
     low_resolution: bool = True,
     cache_dir: str | Path | None = None,
+    blur: float = 0.0,
 ) -> Split:
     """Load one split (``train``, ``valid`` or ``test``) of ``split_dir`` as arrays.
 
@@ -178,6 +192,8 @@ def load_split(
         limit: keep only the first ``limit`` rows (smoke tests, benchmarks).
         low_resolution: keep the 64-px images (upsampled); False leaves them out.
         cache_dir: where to keep the decoded images (see ``load_images``); None for no disk cache.
+        blur: Gaussian blur after resizing, in pixels (see ``to_model_size``); a shipped model's JSON
+            says which (``ShippedModel.blur``).
     """
     rows = data.read_split(name, split_dir)
     if not low_resolution:
@@ -187,5 +203,6 @@ def load_split(
     rows = rows.reset_index(drop=True)
     pixels = None
     if size:
-        pixels, rows = load_images(rows, config.data_dir(data_dir), size, f"{split_dir}/{name}.csv", cache_dir)
+        pixels, rows = load_images(rows, config.data_dir(data_dir), size, f"{split_dir}/{name}.csv", cache_dir,
+                                   blur=blur)
     return Split(rows, pixels, data.label_matrix(rows, labels))

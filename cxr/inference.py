@@ -7,9 +7,13 @@ A shipped model is two files with one prefix: ``PREFIX.weights.h5`` and ``PREFIX
 
 - ``labels``: the finding names, in the order of the network's outputs;
 - ``image_size``: the side of the square input, in pixels;
+- ``blur``: the Gaussian blur, in pixels, applied after resizing (``cxr.images.to_model_size``); 0 or
+  absent for none;
 - ``standardisation``: ``"training-statistics"`` (the course's way: ``normalisation`` holds the
   training pixels' ``mean`` and ``std``) or ``"per-image"`` (each image to mean 0 and std 1);
 - ``test_time_flip``: average each image's probabilities with its mirror image's;
+- ``gradcam_layer``: the layer GradCAM takes its maps from (``cxr.gradcam.choose_layer``); absent: the
+  last convolutional layer;
 - ``calibration``: ``cxr.calibration``'s parameters, from network scores to probabilities;
 - ``thresholds`` (and ``thresholds_youden``): the validated operating threshold of each finding.
 """
@@ -29,7 +33,14 @@ import tensorflow as tf
 
 from cxr.calibration import calibrate
 from cxr.files import atomic_write_all
-from cxr.model import MINIMUM_IMAGE_SIZE, build_densenet121, load_pretrained_weights, save_weights_float16
+from cxr.images import to_model_size
+from cxr.model import (
+    LAST_CONV_LAYER,
+    MINIMUM_IMAGE_SIZE,
+    build_densenet121,
+    load_pretrained_weights,
+    save_weights_float16,
+)
 
 # --- standardisation -----------------------------------------------------------------------------
 
@@ -212,6 +223,12 @@ def check_card(card: dict, path: str | Path) -> dict:
     if type(size) is not int or size < MINIMUM_IMAGE_SIZE:
         problems.append(f"field 'image_size' must be a whole number of pixels, at least {MINIMUM_IMAGE_SIZE}, "
                         f"got {size!r}")
+    blur = card.get("blur", 0.0)
+    if type(blur) not in (int, float) or not math.isfinite(blur) or blur < 0:
+        problems.append(f"field 'blur' must be a standard deviation of 0 or more pixels, got {blur!r}")
+    layer = card.get("gradcam_layer", LAST_CONV_LAYER)
+    if not (isinstance(layer, str) and layer):
+        problems.append(f"field 'gradcam_layer' must name a layer of the network, got {layer!r}")
     try:
         card_standardisation(card)
     except ValueError as error:
@@ -266,7 +283,7 @@ def card_thresholds(card: dict, rule: str = "specificity") -> dict[str, float] |
 
 @dataclass
 class ShippedModel:
-    """The network with what its JSON says about using it: labels, size, standardisation, test-time
+    """The network with what its JSON says about using it: labels, size, blur, standardisation, test-time
     flip, calibration and thresholds. ``card`` is the whole JSON (the evaluation figures too)."""
 
     model: keras.Model
@@ -278,6 +295,8 @@ class ShippedModel:
         if self.model.output_shape[-1] != len(self.labels) or tuple(self.model.input_shape[1:3]) != square:
             raise ValueError(f"The card describes {len(self.labels)} findings at {self.image_size} px, the model "
                              f"{self.model.output_shape[-1]} at {self.model.input_shape[1]} px.")
+        if self.gradcam_layer not in {layer.name for layer in self.model.layers}:
+            raise ValueError(f"The card's field 'gradcam_layer' names {self.gradcam_layer!r}, which the model lacks.")
 
     @property
     def labels(self) -> list[str]:
@@ -288,12 +307,26 @@ class ShippedModel:
         return self.card["image_size"]
 
     @property
+    def blur(self) -> float:
+        """The Gaussian blur (pixels) that preprocessing applies after resizing, as in training."""
+        return float(self.card.get("blur", 0.0))
+
+    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
+        """A decoded (H, W) uint8 image brought to the model's input as training saw it: resized, then blurred."""
+        return to_model_size(pixels, self.image_size, self.blur)
+
+    @property
     def statistics(self) -> Standardisation:
         return card_standardisation(self.card)
 
     @property
     def flip(self) -> bool:
         return bool(self.card.get("test_time_flip", False))
+
+    @property
+    def gradcam_layer(self) -> str:
+        """The layer GradCAM looks at, chosen on the validation boxes (if the JSON is silent: the last one)."""
+        return self.card.get("gradcam_layer", LAST_CONV_LAYER)
 
     @property
     def calibration(self) -> dict | None:

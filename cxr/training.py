@@ -58,6 +58,9 @@ class TrainConfig:
     reduce_lr_patience: int = 3
     early_stopping_patience: int = 8
     use_low_resolution: bool = True  # add the 64-px images (upsampled) to training
+    # Gaussian blur (standard deviation in pixels) after resizing, against the trace of the file's
+    # size (cxr.images.to_model_size); the model's JSON records it so that inference blurs the same way
+    blur: float = 0.0
     horizontal_flip: bool = True
     rotation: float = 0.02
     zoom: float = 0.1
@@ -93,6 +96,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
             raise ValueError(f"ema_momentum must lie between 0 and 1, got {self.ema_momentum}.")
+        if self.blur < 0:
+            raise ValueError(f"--blur must be a standard deviation of 0 or more pixels, got {self.blur}.")
         for name in ("label_smoothing", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}.")
@@ -198,7 +203,7 @@ def load_split(cfg: TrainConfig, split: str, size: int | None = None) -> images.
     (None: rows and labels only)."""
     return images.load_split(
         split, size, split_dir=cfg.split_dir, data_dir=cfg.data_dir, labels=cfg.label_names, limit=cfg.limit,
-        low_resolution=split != "train" or cfg.use_low_resolution, cache_dir=cfg.cache_dir,
+        low_resolution=split != "train" or cfg.use_low_resolution, cache_dir=cfg.cache_dir, blur=cfg.blur,
     )  # fmt: skip
 
 

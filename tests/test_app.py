@@ -111,10 +111,10 @@ def test_real_test_image_gives_sorted_probabilities_and_overlays(predictor, test
 
 
 def test_preprocessing_and_calibration_are_the_notebooks(predictor, test_image, real_result):
-    """read_image at the model's size, the validation pipeline's standardisation, the JSON's test-time
-    flip (the mean of the image's and its mirror image's outputs), then the JSON's calibration."""
-    pixels = read_image(test_image, predictor.image_size)[np.newaxis]
+    """read_image at the model's size with the JSON's blur, the validation pipeline's standardisation, the
+    JSON's test-time flip (the mean of the image's and its mirror image's outputs), then the JSON's calibration."""
     settings = predictor.settings
+    pixels = read_image(test_image, predictor.image_size, settings.get("blur", 0.0))[np.newaxis]
     views = [pixels, pixels[:, :, ::-1]] if settings.get("test_time_flip") else [pixels]
     outputs = []
     for view in views:

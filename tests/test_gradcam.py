@@ -29,11 +29,16 @@ BLOB_BOX = (2.0, 2.0, 4.0, 4.0)
 BLOB_BOX_1024 = tuple(value * 1024 / SIZE for value in BLOB_BOX)
 
 
-def wired_model(class_weight: float = 1.0) -> keras.Model:
-    """relu channel 0 = relu(image), channel 1 = relu(-image); class i reads channel i."""
+def wired_model(class_weight: float = 1.0, upside_down: bool = False) -> keras.Model:
+    """relu channel 0 = relu(image), channel 1 = relu(-image); class i reads channel i.
+
+    ``upside_down``: a layer "flipped" after "relu" holds its maps upside down (the classes are the same).
+    """
     inputs = keras.Input((SIZE, SIZE, 3))
     features = keras.layers.Conv2D(2, 1, use_bias=False, name="conv")(inputs)
     activations = keras.layers.Activation("relu", name="relu")(features)
+    if upside_down:
+        activations = keras.layers.Lambda(lambda maps: keras.ops.flip(maps, axis=1), name="flipped")(activations)
     pooled = keras.layers.GlobalAveragePooling2D()(activations)
     outputs = keras.layers.Dense(2, activation="sigmoid", name="predictions")(pooled)
     model = keras.Model(inputs, outputs)
@@ -254,6 +259,26 @@ def test_localisation_rejects_images_of_the_wrong_size(model):
     with pytest.raises(ValueError, match="model expects"):
         gradcam.localisation_scores(model, pd.DataFrame({"Image": ["a"]}), np.zeros((1, 8, 8), np.uint8),
                                     STATISTICS, LABELS, pd.DataFrame(columns=["Image", "Finding", "x", "y", "w", "h"]))
+
+
+def test_choose_layer_picks_the_layer_that_points_inside_the_boxes(model):
+    frame = pd.DataFrame({"Image": ["one.png"]})
+    boxes = pd.DataFrame([("one.png", "bright", *BLOB_BOX_1024)], columns=["Image", "Finding", "x", "y", "w", "h"])
+    arguments = (frame, blob_image()[np.newaxis], STATISTICS, LABELS, boxes)
+
+    # GradCAM on the upside-down maps misses the blob; on the maps before the flip it hits.
+    best, rates = gradcam.choose_layer(wired_model(upside_down=True), *arguments, layers=("flipped", "relu"))
+    assert (best, rates) == ("relu", {"flipped": 0.0, "relu": 1.0})
+    # Ties go to the layer listed first.
+    assert gradcam.choose_layer(model, *arguments, layers=("relu", "conv"))[0] == "relu"
+    assert gradcam.choose_layer(model, *arguments, layers=("conv", "relu"))[0] == "conv"
+    with pytest.raises(ValueError, match="no layer to choose"):
+        gradcam.choose_layer(model, frame, blob_image()[np.newaxis], STATISTICS, LABELS, boxes.iloc[:0])
+
+
+def test_every_candidate_layer_exists_in_densenet121(densenet):
+    grids = [densenet.get_layer(layer).output.shape[1] for layer in gradcam.CANDIDATE_LAYERS]
+    assert grids == [2, 4, 8]  # at 64 px: input/32, /16, /8
 
 
 # --- figure --------------------------------------------------------------------------------------

@@ -312,6 +312,37 @@ def test_every_size_is_reached_by_way_of_the_canonical_size(tmp_path):
     assert not np.array_equal(via_canonical, cxr_images.resize(pattern, 64))
 
 
+def test_blur_takes_away_the_finest_detail_and_zero_blur_changes_nothing(tmp_path):
+    pattern = np.random.default_rng(5).integers(0, 256, (512, 512), dtype=np.uint8)
+    path = write_png(tmp_path / "img.png", pattern)
+    plain = cxr_images.to_model_size(pattern, 64)
+    np.testing.assert_array_equal(cxr_images.to_model_size(pattern, 64, blur=0.0), plain)
+    blurred = read_image(path, size=64, blur=1.0)
+    assert blurred.shape == (64, 64) and blurred.dtype == np.uint8
+    # Neighbouring pixels differ far less once the band near the size's limit is gone.
+    def roughness(pixels):
+        return np.abs(np.diff(pixels.astype(float), axis=1)).mean()
+
+    assert roughness(blurred) < 0.5 * roughness(plain)
+    assert abs(blurred.mean() - plain.mean()) < 2  # a blur moves detail, not brightness
+
+
+def test_a_negative_blur_is_refused():
+    with pytest.raises(ValueError, match="blur"):
+        cxr_images.to_model_size(np.zeros((32, 32), np.uint8), 16, blur=-1.0)
+
+
+def test_disk_cache_is_keyed_by_blur(tmp_path):
+    frame, _ = make_data_dir(tmp_path / "nih", ["a.png"], side=20)
+    cache_dir = tmp_path / "cache"
+    load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir)
+    (tmp_path / "nih" / config.FULL_RESOLUTION_DIR / "a.png").unlink()
+
+    # Blurred images are not served from the unblurred cache: it goes back to the (now missing) file.
+    with pytest.raises(FileNotFoundError):
+        load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir, blur=1.0)
+
+
 def test_disk_cache_is_keyed_by_size(tmp_path):
     frame, _ = make_data_dir(tmp_path / "nih", ["a.png"], side=20)
     cache_dir = tmp_path / "cache"

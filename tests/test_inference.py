@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from cxr.calibration import calibrate
+from cxr.images import to_model_size
 from cxr.inference import (
     PER_IMAGE,
     TRAINING_STATISTICS,
@@ -131,6 +132,9 @@ CARD_PROBLEMS = {
               "field 'normalisation'.*positive 'std'"),
     "unknown standardisation": (json.dumps({**CARD, "standardisation": "per-batch"}),
                                 "field 'standardisation' must be .*got 'per-batch'"),
+    "GradCAM layer not a name": (json.dumps({**CARD, "gradcam_layer": 7}), "field 'gradcam_layer' must name a layer"),
+    "negative blur": (json.dumps({**CARD, "blur": -1}), "field 'blur' must be .* 0 or more pixels, got -1"),
+    "blur as text": (json.dumps({**CARD, "blur": "1px"}), "field 'blur' must be"),
     "calibration of too few labels": (json.dumps({**CARD, "calibration": {"shift": {"A": 0.0}}}),
                                       "field 'calibration' must hold"),
 }  # fmt: skip
@@ -175,6 +179,20 @@ def test_shipped_model_reads_its_fields_from_the_card(network):
     assert shipped.thresholds == {"A": 0.3}  # 1.5 and "high" are no thresholds
     assert shipped.thresholds_for("youden") == CARD["thresholds_youden"]
     assert ShippedModel(network, _without("thresholds")).thresholds is None
+    assert shipped.blur == 0.0  # a card from before the blur: none
+    assert shipped.gradcam_layer == "relu"  # nor a chosen GradCAM layer: the last convolutional one
+    assert ShippedModel(network, {**CARD, "gradcam_layer": "pool4_relu"}).gradcam_layer == "pool4_relu"
+    with pytest.raises(ValueError, match="'gradcam_layer' names 'block9'"):
+        ShippedModel(network, {**CARD, "gradcam_layer": "block9"})
+
+
+def test_shipped_model_preprocesses_as_its_card_says_resized_then_blurred(network):
+    large = np.random.default_rng(5).integers(0, 256, (300, 200), dtype=np.uint8)
+    plain, blurred = ShippedModel(network, CARD), ShippedModel(network, {**CARD, "blur": 1.0})
+    assert blurred.blur == 1.0
+    np.testing.assert_array_equal(plain.preprocess(large), to_model_size(large, SIZE))
+    np.testing.assert_array_equal(blurred.preprocess(large), to_model_size(large, SIZE, blur=1.0))
+    assert not np.array_equal(plain.preprocess(large), blurred.preprocess(large))
     with pytest.raises(ValueError, match="2 findings at 32 px, the model 3"):
         ShippedModel(network, {**CARD, "labels": ["A", "B"], "calibration": None})
 

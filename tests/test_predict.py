@@ -55,7 +55,8 @@ def test_probabilities_are_the_calibrated_model_outputs_and_flags_follow_the_thr
     labels = card["labels"]
 
     shipped = ShippedModel.load(MODEL)
-    pixels = images.read_image(test_image, card["image_size"])[np.newaxis]
+    # Preprocessed as in training: resized, then blurred as the card says.
+    pixels = images.read_image(test_image, card["image_size"], card.get("blur", 0.0))[np.newaxis]
     scores = predict_scores(shipped.model, pixels, shipped.statistics, verbose=0, flip=card["test_time_flip"])
     expected = calibration.calibrate(scores, card["calibration"], labels)[0]
     np.testing.assert_allclose(row[labels].to_numpy(dtype=float), expected, atol=1e-5)
@@ -98,7 +99,7 @@ def test_images_are_decoded_batch_by_batch_with_the_same_results(folder, tmp_pat
     predict.main([str(folder), "--output", str(whole)])
     monkeypatch.setattr(predict, "BATCH_SIZE", 1)  # a.png, b.png, then broken.png: a batch without an image
     events, probabilities = [], ShippedModel.probabilities
-    monkeypatch.setattr(images, "read_image", lambda path, size: events.append(path.name) or read_image(path, size))
+    monkeypatch.setattr(images, "read_image", lambda path: events.append(path.name) or read_image(path))
     monkeypatch.setattr(ShippedModel, "probabilities",
                         lambda self, *args: events.append("model") or probabilities(self, *args))
     overlays, batched = tmp_path / "overlays", tmp_path / "batched.csv"

@@ -16,7 +16,7 @@ import pytest
 
 import export_model
 import split_data
-from cxr import config, data, images
+from cxr import config, data, gradcam, images
 from cxr.inference import PER_IMAGE, load_shipped_model
 from cxr.model import build_densenet121, load_pretrained_weights
 from cxr.run_directory import RunDirectory
@@ -77,7 +77,7 @@ def test_export_of_a_tiny_run_reads_back_as_the_runs_model(nih_dir, tmp_path, mo
     trained = subprocess.run(
         [sys.executable, "train.py", "--output-dir", str(run), "--split-dir", str(splits), "--labels", "4",
          "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--cache-dir", str(tmp_path / "cache"),
-         "--verbose", "2"],
+         "--blur", "0.5", "--verbose", "2"],
         cwd=REPO_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     # The export decodes its images into this test's folder, not the repository's shared cache.
@@ -98,6 +98,11 @@ def test_export_of_a_tiny_run_reads_back_as_the_runs_model(nih_dir, tmp_path, mo
     assert set(card["thresholds"]) == set(card["thresholds_youden"]) == set(labels)
     assert all(set(card["calibration"][name]) == set(labels) for name in ("shift", "slope", "intercept"))
     assert set(card["mean_auroc"]) == {"valid", "test"}
+    assert card["blur"] == 0.5  # inference blurs as training did
+    # GradCAM's layer: the candidate that pointed inside the most boxes of the validation images.
+    rates = card["validation_pointing_game_by_gradcam_layer"]
+    assert list(rates) == list(gradcam.CANDIDATE_LAYERS)
+    assert card["gradcam_layer"] == max(gradcam.CANDIDATE_LAYERS, key=lambda layer: rates[layer])
     network, loaded_card, statistics = load_shipped_model(destination)
     assert loaded_card["labels"] == labels
     normalisation = card["normalisation"]
