@@ -17,15 +17,16 @@ CHROMIUM := /usr/bin/chromium
 
 # The shipped model's recipe (models/README.md), two resumable runs under nice (so that they yield to
 # other work): 30 epochs at 128 px then 6 at 224 (progressive resizing), AdamW with warm-up and cosine
-# decay, weight averaging; then 8 more epochs at 224 px from its best weights, at a fifth of the rate.
-RUN := runs/cxr14-224-more
+# decay, weight averaging; then 8 more epochs at 224 px from its best weights, at a fifth of the rate,
+# on images blurred by 1 px after resizing (which hides the size a file arrived at).
+RUN := runs/cxr14-224-blur
 RECIPE := --optimizer adamw --weight-decay 0.02 --schedule cosine --ema-momentum 0.998 \
 	--early-stopping-patience 50 --rotation 0.025 --zoom 0.15 --shift 0.05 --verbose 2
 train: $(BIN)/activate
 	nice -n 10 $(BIN)/python train.py --output-dir runs/cxr14-224 --image-size 224 --early-image-size 128 \
 		--early-epochs 30 --epochs 36 --learning-rate 1e-3 --warmup-epochs 2 $(RECIPE)
 	nice -n 10 $(BIN)/python train.py --output-dir $(RUN) --image-size 224 --epochs 8 --learning-rate 2e-4 \
-		--warmup-epochs 1 --initial-weights runs/cxr14-224/best.weights.h5 $(RECIPE)
+		--warmup-epochs 1 --initial-weights runs/cxr14-224/best.weights.h5 --blur 1.0 $(RECIPE)
 
 export: $(BIN)/activate
 	$(BIN)/python export_model.py $(RUN) --destination models/densenet121_cxr14 --float16

@@ -34,7 +34,9 @@ EXPORTS = {
     "cxr.baselines": ("baseline_scores", "metadata_features"),
     "cxr.calibration": ("calibrate", "expected_calibration_error", "reliability_curves"),
     "cxr.thresholds": ("choose_thresholds", "classification_report", "threshold_at_specificity", "threshold_metrics"),
-    "cxr.gradcam": ("explain_findings", "localisation_scores", "randomisation_check", "summarise_localisation"),
+    "cxr.gradcam": (
+        "explain_findings", "localisation_scores", "pointing_margin", "randomisation_check", "summarise_localisation",
+    ),
     "cxr.plots": (
         "plot_class_frequencies", "plot_confusion_matrices", "plot_gradcam", "plot_image_grid",
         "plot_precision_recall_curves", "plot_reliability", "plot_roc_curves",

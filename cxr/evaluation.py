@@ -197,6 +197,21 @@ def compare_mean_auroc(
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
 
+def bootstrap_mean(
+    values: Sequence[float] | np.ndarray, groups: Sequence | np.ndarray | None = None, n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """The mean of ``values`` with a bootstrap 95% interval, resampling ``groups`` (e.g. patients:
+    a patient's values are drawn together) or, with None, the values themselves."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or not len(values) or not np.isfinite(values).all():
+        raise ValueError(f"values must be a non-empty 1-D array of finite numbers, got shape {values.shape}.")
+    if groups is not None and len(groups) != len(values):
+        raise ValueError(f"{len(groups)} groups for {len(values)} values.")
+    weights = _bootstrap_weights(len(values), groups, n_bootstrap, np.random.default_rng(seed))
+    return (float(values.mean()), *_interval(weights @ values / weights.sum(axis=1)))
+
+
 def _interval(values: np.ndarray) -> tuple[float, float]:
     """The 2.5th and 97.5th percentiles of the finite values (NaN, NaN if there is none)."""
     finite = values[np.isfinite(values)]

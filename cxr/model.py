@@ -19,7 +19,7 @@ from cxr.fast_layers import densenet_batch_norms, resolve_precision
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 GIT_LFS_POINTER = b"version https://git-lfs"
-LAST_CONV_LAYER = "relu"  # DenseNet121's last convolutional activation, where GradCAM looks
+LAST_CONV_LAYER = "relu"  # DenseNet121's last convolutional activation, where the course's GradCAM looks
 MINIMUM_IMAGE_SIZE = 32  # DenseNet121 halves its input five times: smaller inputs leave nothing to pool
 
 

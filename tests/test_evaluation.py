@@ -255,3 +255,26 @@ def test_expert_comparison_on_the_real_test_split(nih_dir):
             computable = 0 < row[column] < row["images"]
             assert np.isfinite(row[f"AUROC vs {source}"]) == computable
             assert (f"{source}: not computable" in row["note"]) == (not computable)
+
+
+# --- bootstrap of a mean -------------------------------------------------------------------------
+
+
+def test_bootstrap_mean_brackets_the_mean_and_resampling_patients_widens_the_interval():
+    rng = np.random.default_rng(0)
+    per_patient = rng.random(40)
+    values = np.repeat(per_patient, 5)  # five identical values per patient: they are not independent
+    patients = np.repeat(np.arange(40), 5)
+    mean, low, high = evaluation.bootstrap_mean(values, patients)
+    assert mean == pytest.approx(per_patient.mean()) and low < mean < high
+    _, image_low, image_high = evaluation.bootstrap_mean(values)
+    assert high - low > 1.8 * (image_high - image_low)  # about sqrt(5) times wider
+    assert evaluation.bootstrap_mean(np.full(10, 0.25)) == (0.25, 0.25, 0.25)
+
+
+@pytest.mark.parametrize("values, groups, message", [
+    ([], None, "non-empty"), ([0.1, np.nan], None, "finite"), ([0.1, 0.2], ["a"], "1 groups for 2 values"),
+])
+def test_bootstrap_mean_refuses_what_it_cannot_resample(values, groups, message):
+    with pytest.raises(ValueError, match=message):
+        evaluation.bootstrap_mean(values, groups)

@@ -276,6 +276,17 @@ def test_choose_layer_picks_the_layer_that_points_inside_the_boxes(model):
         gradcam.choose_layer(model, frame, blob_image()[np.newaxis], STATISTICS, LABELS, boxes.iloc[:0])
 
 
+def test_pointing_margin_is_the_paired_difference_from_a_baseline_with_an_interval_over_patients():
+    scores = pd.DataFrame({"hit": [True, True, False, False, True, False],
+                           "centre hit": [0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                           "random point hit": [0.1, 0.1, 0.2, 0.2, 0.1, 0.1]})  # fmt: skip
+    margin, low, high = gradcam.pointing_margin(scores, ["a", "a", "b", "b", "c", "c"])
+    assert margin == pytest.approx((3 - 2) / 6) and low <= margin <= high
+    assert gradcam.pointing_margin(scores, list("abcdef"), "random point hit")[0] == pytest.approx(0.5 - 0.8 / 6)
+    with pytest.raises(ValueError, match="baseline must be"):
+        gradcam.pointing_margin(scores, list("abcdef"), "hit")
+
+
 def test_every_candidate_layer_exists_in_densenet121(densenet):
     grids = [densenet.get_layer(layer).output.shape[1] for layer in gradcam.CANDIDATE_LAYERS]
     assert grids == [2, 4, 8]  # at 64 px: input/32, /16, /8
