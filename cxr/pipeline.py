@@ -3,6 +3,7 @@ training-set statistics for validation and test."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -23,6 +24,25 @@ FIXED_OPTIONS = tf.data.Options()
 FIXED_OPTIONS.autotune.enabled = False
 
 
+class RandomGamma(keras.layers.Layer):
+    """Raises each image (0..255) to a random power between 1 / (1 + factor) and 1 + factor (log-uniform):
+    darker or brighter mid-tones, black and white kept. Per-image standardisation undoes a change of
+    brightness or contrast, not this one."""
+
+    def __init__(self, factor: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training=True):
+        if not training or not self.factor:
+            return images
+        limit = math.log1p(self.factor)
+        shape = (keras.ops.shape(images)[0], 1, 1, 1)
+        gamma = keras.ops.exp(keras.random.uniform(shape, -limit, limit, seed=self.seed_generator))
+        return 255.0 * keras.ops.power(keras.ops.clip(images / 255.0, 0.0, 1.0), gamma)
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Random transformations for training images; 0 switches one off."""
@@ -31,9 +51,10 @@ class Augmentation:
     rotation: float = 0.0  # fraction of a full turn, e.g. 0.03 is about 11 degrees
     zoom: float = 0.0  # fraction of the side
     shift: float = 0.0  # fraction of the side
+    gamma: float = 0.0  # the exponent lies between 1 / (1 + gamma) and 1 + gamma
 
     def layers(self, seed: int) -> list[keras.layers.Layer]:
-        layers = []
+        layers = [RandomGamma(self.gamma, seed=seed + 4)] if self.gamma else []
         if self.horizontal_flip:
             layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
         if self.rotation:

@@ -65,6 +65,7 @@ class TrainConfig:
     rotation: float = 0.02
     zoom: float = 0.1
     shift: float = 0.05
+    gamma: float = 0.0  # random gamma: the exponent lies between 1 / (1 + gamma) and 1 + gamma
     limit: int | None = None  # keep only the first N rows of each split (smoke tests)
     seed: int = config.SEED
     strategy: str = "default"  # default | mirrored | multi-worker
@@ -98,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"ema_momentum must lie between 0 and 1, got {self.ema_momentum}.")
         if self.blur < 0:
             raise ValueError(f"--blur must be a standard deviation of 0 or more pixels, got {self.blur}.")
+        if self.gamma < 0:
+            raise ValueError(f"--gamma must be 0 (off) or more, got {self.gamma}.")
         for name in ("label_smoothing", "dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}.")
@@ -293,7 +296,7 @@ def train(cfg: TrainConfig) -> dict:
     full_resolution = train_split.pixels[(~data.is_low_resolution(train_split.rows)).to_numpy()]
     mean, std = pipeline.training_statistics(full_resolution, cfg.statistics_sample, cfg.seed)
     run.write_json(run.NORMALISATION, {"mean": mean, "std": std})
-    augmentation = pipeline.Augmentation(cfg.horizontal_flip, cfg.rotation, cfg.zoom, cfg.shift)
+    augmentation = pipeline.Augmentation(cfg.horizontal_flip, cfg.rotation, cfg.zoom, cfg.shift, cfg.gamma)
     train_data = training_epochs(cfg, train_splits, first_epoch, augmentation)
     valid = load_split(cfg, "valid", cfg.image_size)
     by_statistics = cfg.validation_standardisation == inference.TRAINING_STATISTICS

@@ -258,7 +258,8 @@ def epoch(dataset):
     return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
 
 
-@pytest.mark.parametrize("augmentation", [Augmentation(), Augmentation(horizontal_flip=False)], ids=["flip", "plain"])
+@pytest.mark.parametrize("augmentation", [Augmentation(), Augmentation(horizontal_flip=False), Augmentation(gamma=0.5)],
+                         ids=["flip", "plain", "gamma"])
 def test_training_batches_are_standardised_image_by_image(augmentation):
     images, labels = numbered_images(10)
     images[3] = 200  # a constant image must not turn into NaN
@@ -278,6 +279,23 @@ def test_training_batches_are_standardised_image_by_image(augmentation):
             assert image.std() == pytest.approx(1, abs=1e-3)
         else:
             assert np.all(image == 0)
+
+
+def test_random_gamma_bends_the_mid_tones_within_its_range_and_keeps_black_and_white():
+    ramp = np.tile(np.linspace(0, 255, 16, dtype=np.float32), (64, 16, 1))[..., np.newaxis]  # 64 images
+    bent = keras.ops.convert_to_numpy(pipeline.RandomGamma(0.5, seed=1)(ramp, training=True))
+    np.testing.assert_allclose(bent[:, :, 0], 0, atol=1e-3)
+    np.testing.assert_allclose(bent[:, :, -1], 255, atol=1e-2)
+    # Each image has one exponent, between 1 / 1.5 and 1.5; some images get darker, some brighter.
+    middle = ramp[0, 0, 8, 0] / 255
+    exponents = np.log(bent[:, 0, 8, 0] / 255) / np.log(middle)
+    assert np.all((exponents > 1 / 1.5 - 1e-4) & (exponents < 1.5 + 1e-4))
+    assert exponents.min() < 0.9 and exponents.max() > 1.1
+    np.testing.assert_allclose(bent, 255 * (ramp / 255) ** exponents[:, None, None, None], rtol=1e-4, atol=1e-3)
+    # The same seed bends the same way; at inference nothing changes.
+    again = keras.ops.convert_to_numpy(pipeline.RandomGamma(0.5, seed=1)(ramp, training=True))
+    np.testing.assert_array_equal(again, bent)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(pipeline.RandomGamma(0.5)(ramp, training=False)), ramp)
 
 
 def test_training_shuffle_keeps_images_with_their_labels():

@@ -447,7 +447,8 @@ def test_train_py_refuses_an_impossible_setting_before_loading_anything(capsys):
     "settings, message",
     [({"ema_momentum": 1.0}, "ema_momentum"), ({"ema_momentum": 0.0}, "ema_momentum"),
      ({"early_epochs": 3}, "early_image_size"), ({"schedule": "step"}, "schedule"),
-     ({"label_smoothing": 1.0}, "--label-smoothing"), ({"dropout": -0.1}, "--dropout"), ({"blur": -1.0}, "--blur")],
+     ({"label_smoothing": 1.0}, "--label-smoothing"), ({"dropout": -0.1}, "--dropout"), ({"blur": -1.0}, "--blur"),
+     ({"gamma": -0.2}, "--gamma")],
 )
 def test_config_rejects_impossible_training_recipes(settings, message):
     with pytest.raises(ValueError, match=message):
