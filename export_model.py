@@ -1,6 +1,6 @@
 """Export the best weights of a training run as the project's shipped model.
 
-    python export_model.py runs/cxr14-224 --destination models/densenet121_cxr14 [--float16]
+    python export_model.py runs/cxr14-224-blur --destination models/densenet121_cxr14 [--float16]
 
 Writes DESTINATION.weights.h5 (no optimizer state) and DESTINATION.json: the labels, input size and
 training-set normalisation that inference needs, and what was chosen on the validation split only:
@@ -55,7 +55,7 @@ def choose_gradcam_layer(network, valid: images.Split, statistics, labels: list[
     the last convolutional layer, and no rates, where there is no box to point at."""
     try:
         return gradcam.choose_layer(network, valid.rows, valid.pixels, statistics, labels, data.load_boxes(data_dir))
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, gradcam.NoBoxes) as error:
         print(f"GradCAM keeps the last convolutional layer: {error}")
         return cxr_model.LAST_CONV_LAYER, {}
 
@@ -85,8 +85,8 @@ def main() -> None:
     size = run_config["image_size"]
     # The run's own split and data: another split could hold the run's training patients.
     split_dir, data_dir = Path(run_config["split_dir"]), config.data_dir(run_config["data_dir"])
-    # The training split is only needed for its labels and metadata (no size: no images decoded).
     blur = run_config.get("blur", 0.0)  # preprocessing as in training
+    # The training split is only needed for its labels and metadata (no size: no images decoded).
     splits = {name: images.load_split(name, None if name == "train" else size, split_dir=split_dir, data_dir=data_dir,
                                       labels=tuple(labels), cache_dir=config.SPLIT_DIR / "cache", blur=blur)
               for name in data.SPLITS}
@@ -138,13 +138,15 @@ def main() -> None:
     results = {}
     for name in scores:
         split = splits[name]
-        per_class = evaluation.auroc_table(split.labels, scores[name], labels, split.patients)
+        # The project's seed for the bootstrap, as in the notebook: the same intervals in both.
+        per_class = evaluation.auroc_table(split.labels, scores[name], labels, split.patients, seed=config.SEED)
         compared = evaluation.compare_mean_auroc(
             split.labels,
             {"model": scores[name], METADATA: baseline_scores[name]["metadata"],
              THUMBNAIL: baseline_scores[name]["thumbnail"]},
             split.patients,
             reference=METADATA,
+            seed=config.SEED,
         )  # fmt: skip
         results[name] = {
             "images": len(split.rows),

@@ -2,10 +2,10 @@
 overlays and a message out.
 
 ``load_predictor`` loads the shipped model once (``cxr.inference.ShippedModel``); ``Predictor.diagnose``
-reads a file with the notebook's preprocessing (``read_image``'s decoding and resizing to the
-model's size, after turning the image upright as its EXIF orientation says, then the standardisation
-as the model's JSON says: per image, or with the training statistics shipped there, never
-recomputed) and never raises for a bad upload: it returns an empty table, no overlay and a message
+reads a file with the notebook's preprocessing (``read_image``'s decoding, after turning the image
+upright as its EXIF orientation says, then ``ShippedModel.preprocess``: resizing to the model's size and
+the JSON's blur; then the standardisation as the JSON says: per image, or with the training statistics
+shipped there, never recomputed; GradCAM from the JSON's layer) and never raises for a bad upload: it returns an empty table, no overlay and a message
 saying what is wrong. A lock serialises the model and matplotlib, so several requests at once are safe.
 """
 

@@ -204,8 +204,10 @@ def bootstrap_mean(
     """The mean of ``values`` with a bootstrap 95% interval, resampling ``groups`` (e.g. patients:
     a patient's values are drawn together) or, with None, the values themselves."""
     values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 1 or not len(values) or not np.isfinite(values).all():
-        raise ValueError(f"values must be a non-empty 1-D array of finite numbers, got shape {values.shape}.")
+    if values.ndim != 1 or not len(values):
+        raise ValueError(f"values must be a non-empty 1-D array, got shape {values.shape}.")
+    if not np.isfinite(values).all():
+        raise ValueError(f"values must be finite numbers; {int((~np.isfinite(values)).sum())} are not.")
     if groups is not None and len(groups) != len(values):
         raise ValueError(f"{len(groups)} groups for {len(values)} values.")
     weights = _bootstrap_weights(len(values), groups, n_bootstrap, np.random.default_rng(seed))

@@ -26,9 +26,14 @@ Box = tuple[float, float, float, float]
 
 # Where GradCAM may look in DenseNet121, coarse to fine: the last convolutional activation (input/32,
 # 7x7 at 224 px), then the activations entering the last two transition layers (input/16 and input/8).
-# The last layer's maps are the most class-specific, earlier ones are finer (Jiang et al., LayerCAM,
-# IEEE TIP 2021); ``choose_layer`` picks one on the validation boxes and the model's JSON records it.
+# Selvaraju et al. take the last layer as the best compromise between class-specific evidence and
+# spatial detail; at 224 px its grid is coarse, so ``choose_layer`` compares the three on the validation
+# boxes and the model's JSON records the winner.
 CANDIDATE_LAYERS = (LAST_CONV_LAYER, "pool4_relu", "pool3_relu")
+
+
+class NoBoxes(ValueError):
+    """None of the images has a box of a finding the model predicts."""
 
 # model -> {layer name: tf.function giving (feature maps, gradients)}; entries go with their model.
 _GRADIENT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -269,22 +274,23 @@ def choose_layer(
     boxes: pd.DataFrame,
     layers: Sequence[str] = CANDIDATE_LAYERS,
 ) -> tuple[str, dict[str, float]]:
-    """The layer whose GradCAM wins the pointing game on the boxes of ``frame``'s images (validation
-    images: never those it will be reported on alone), and the hit rate of every layer.
+    """The layer whose GradCAM wins the pointing game on the boxes of ``frame``'s images, and the hit
+    rate of every layer. Choose on validation images, so that the test images still score the choice.
 
     Arguments as ``localisation_scores``; ties go to the layer listed first.
 
     Raises:
-        ValueError: if none of the images has a box of a finding the model predicts.
+        NoBoxes: if none of the images has a box of a finding the model predicts.
     """
+    if not boxes["Image"].isin(frame["Image"]).any() or not boxes["Finding"].isin(list(labels)).any():
+        raise NoBoxes("None of the images has a box of a finding the model predicts: no layer to choose.")
     rates = {}
     for layer in layers:
         scores = localisation_scores(model, frame, images, statistics, labels, boxes, layer_name=layer)
         if scores.empty:
-            raise ValueError("None of the images has a box of a finding the model predicts: no layer to choose.")
+            raise NoBoxes("None of the images has a box of a finding the model predicts: no layer to choose.")
         rates[layer] = float(scores["hit"].mean())
-    best = max(layers, key=lambda layer: (rates[layer], -list(layers).index(layer)))
-    return best, rates
+    return max(layers, key=rates.get), rates  # max keeps the first of equal rates
 
 
 def pointing_baselines(box: Sequence[float], size: int) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,14 +54,14 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
 def to_model_size(pixels: np.ndarray, size: int, blur: float = 0.0) -> np.ndarray:
     """Bring a decoded image to (size, size) by way of CANONICAL_SIZE, whatever size it came in.
 
-    ``blur``: the standard deviation, in pixels of the result, of a Gaussian blur applied last. The two
-    resamplings still leave a faint trace of the file's size in the band just below the new size's
-    limit (a 320-px file was filtered twice on its way to 256 px, a 512-px file once); a blur of 1 px
-    takes that band away (models/README.md measures it).
+    ``blur``: the standard deviation, in pixels of the result, of a Gaussian blur applied last. Without
+    it a faint trace of the file's size stays in the band just below the new size's limit: a file that
+    arrived smaller has been filtered once more on its way to 256 px. A blur of 1 px takes that band away
+    (models/README.md measures it).
     """
-    resized = resize(resize(pixels, CANONICAL_SIZE), size)
-    if blur < 0:
+    if not (math.isfinite(blur) and blur >= 0):
         raise ValueError(f"blur must be a standard deviation of 0 or more pixels, got {blur}.")
+    resized = resize(resize(pixels, CANONICAL_SIZE), size)
     if not blur:
         return resized
     return np.asarray(Image.fromarray(resized).filter(ImageFilter.GaussianBlur(blur)))
@@ -91,7 +92,8 @@ def read_image(path: str | Path, size: int | None = None, blur: float = 0.0) -> 
 def cache_key(frame: pd.DataFrame, data_dir: Path, size: int, blur: float = 0.0) -> str:
     """A digest of the preprocessing and of each file's name, size and modification time, so that a
     replaced, emptied or removed file is decoded again instead of keeping its old pixels."""
-    lines = [f"{size} px via {CANONICAL_SIZE} px" + (f", blur {blur} px" if blur else ""), str(data_dir.resolve())]
+    preprocessing = f"{size} px via {CANONICAL_SIZE} px" + (f", blur {float(blur)} px" if blur else "")
+    lines = [preprocessing, str(data_dir.resolve())]
     for _, row in frame.iterrows():
         try:
             stat = data.image_path(row, data_dir).stat()

@@ -31,8 +31,13 @@ class RandomGamma(keras.layers.Layer):
 
     def __init__(self, factor: float, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.factor = factor
+        if not (math.isfinite(factor) and factor >= 0):
+            raise ValueError(f"factor must be 0 (no change) or more, got {factor}.")
+        self.factor, self.seed = factor, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "factor": self.factor, "seed": self.seed}
 
     def call(self, images, training=True):
         if not training or not self.factor:

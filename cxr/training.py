@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -97,9 +98,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
             raise ValueError(f"ema_momentum must lie between 0 and 1, got {self.ema_momentum}.")
-        if self.blur < 0:
+        if not (math.isfinite(self.blur) and self.blur >= 0):
             raise ValueError(f"--blur must be a standard deviation of 0 or more pixels, got {self.blur}.")
-        if self.gamma < 0:
+        if not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise ValueError(f"--gamma must be 0 (off) or more, got {self.gamma}.")
         for name in ("label_smoothing", "dropout"):
             if not 0 <= getattr(self, name) < 1:

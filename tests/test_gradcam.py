@@ -272,7 +272,7 @@ def test_choose_layer_picks_the_layer_that_points_inside_the_boxes(model):
     # Ties go to the layer listed first.
     assert gradcam.choose_layer(model, *arguments, layers=("relu", "conv"))[0] == "relu"
     assert gradcam.choose_layer(model, *arguments, layers=("conv", "relu"))[0] == "conv"
-    with pytest.raises(ValueError, match="no layer to choose"):
+    with pytest.raises(gradcam.NoBoxes, match="no layer to choose"):
         gradcam.choose_layer(model, frame, blob_image()[np.newaxis], STATISTICS, LABELS, boxes.iloc[:0])
 
 

@@ -327,9 +327,10 @@ def test_blur_takes_away_the_finest_detail_and_zero_blur_changes_nothing(tmp_pat
     assert abs(blurred.mean() - plain.mean()) < 2  # a blur moves detail, not brightness
 
 
-def test_a_negative_blur_is_refused():
+@pytest.mark.parametrize("blur", [-1.0, float("nan")])
+def test_a_negative_or_missing_blur_is_refused(blur):
     with pytest.raises(ValueError, match="blur"):
-        cxr_images.to_model_size(np.zeros((32, 32), np.uint8), 16, blur=-1.0)
+        cxr_images.to_model_size(np.zeros((32, 32), np.uint8), 16, blur=blur)
 
 
 def test_disk_cache_is_keyed_by_blur(tmp_path):

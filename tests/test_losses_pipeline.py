@@ -296,6 +296,9 @@ def test_random_gamma_bends_the_mid_tones_within_its_range_and_keeps_black_and_w
     again = keras.ops.convert_to_numpy(pipeline.RandomGamma(0.5, seed=1)(ramp, training=True))
     np.testing.assert_array_equal(again, bent)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(pipeline.RandomGamma(0.5)(ramp, training=False)), ramp)
+    assert pipeline.RandomGamma(0.5, seed=1).get_config()["factor"] == 0.5
+    with pytest.raises(ValueError, match="factor must be"):
+        pipeline.RandomGamma(-0.1)
 
 
 def test_training_shuffle_keeps_images_with_their_labels():
