@@ -5,8 +5,9 @@ overlays and a message out.
 reads a file with the notebook's preprocessing (``read_image``'s decoding, after turning the image
 upright as its EXIF orientation says, then ``ShippedModel.preprocess``: resizing to the model's size and
 the JSON's blur; then the standardisation as the JSON says: per image, or with the training statistics
-shipped there, never recomputed; GradCAM from the JSON's layer) and never raises for a bad upload: it returns an empty table, no overlay and a message
-saying what is wrong. A lock serialises the model and matplotlib, so several requests at once are safe.
+shipped there, never recomputed; GradCAM from the JSON's layer) and never raises for a bad upload: it
+returns an empty table, no overlay and a message saying what is wrong. A lock serialises the model and
+matplotlib, so several requests at once are safe.
 """
 
 from __future__ import annotations
