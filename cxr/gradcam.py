@@ -282,12 +282,10 @@ def choose_layer(
     Raises:
         NoBoxes: if none of the images has a box of a finding the model predicts.
     """
-    if not boxes["Image"].isin(frame["Image"]).any() or not boxes["Finding"].isin(list(labels)).any():
-        raise NoBoxes("None of the images has a box of a finding the model predicts: no layer to choose.")
     rates = {}
     for layer in layers:
         scores = localisation_scores(model, frame, images, statistics, labels, boxes, layer_name=layer)
-        if scores.empty:
+        if scores.empty:  # the same boxes for every layer: only the first can find none
             raise NoBoxes("None of the images has a box of a finding the model predicts: no layer to choose.")
         rates[layer] = float(scores["hit"].mean())
     return max(layers, key=rates.get), rates  # max keeps the first of equal rates

@@ -333,26 +333,16 @@ def test_a_negative_or_missing_blur_is_refused(blur):
         cxr_images.to_model_size(np.zeros((32, 32), np.uint8), 16, blur=blur)
 
 
-def test_disk_cache_is_keyed_by_blur(tmp_path):
+@pytest.mark.parametrize("preprocessing", [{"size": 12}, {"size": 10, "blur": 1.0}], ids=["size", "blur"])
+def test_disk_cache_is_keyed_by_size_and_blur(tmp_path, preprocessing):
     frame, _ = make_data_dir(tmp_path / "nih", ["a.png"], side=20)
     cache_dir = tmp_path / "cache"
     load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir)
     (tmp_path / "nih" / config.FULL_RESOLUTION_DIR / "a.png").unlink()
 
-    # Blurred images are not served from the unblurred cache: it goes back to the (now missing) file.
+    # Other preprocessing is not served from the 10-px, unblurred cache: it goes back to the (now missing) file.
     with pytest.raises(FileNotFoundError):
-        load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir, blur=1.0)
-
-
-def test_disk_cache_is_keyed_by_size(tmp_path):
-    frame, _ = make_data_dir(tmp_path / "nih", ["a.png"], side=20)
-    cache_dir = tmp_path / "cache"
-    load_images(frame, tmp_path / "nih", size=10, cache_dir=cache_dir)
-    (tmp_path / "nih" / config.FULL_RESOLUTION_DIR / "a.png").unlink()
-
-    # Another size is not served from the 10 px cache: it goes back to the (now missing) file.
-    with pytest.raises(FileNotFoundError):
-        load_images(frame, tmp_path / "nih", size=12, cache_dir=cache_dir)
+        load_images(frame, tmp_path / "nih", cache_dir=cache_dir, **preprocessing)
 
 
 def test_incomplete_load_is_not_cached(tmp_path):
