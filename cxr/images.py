@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,11 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
 
 
+def is_blur(value) -> bool:
+    """Whether ``value`` can be a blur: a number of pixels, finite and not negative (0: no blur)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and bool(value >= 0)
+
+
 def to_model_size(pixels: np.ndarray, size: int, blur: float = 0.0) -> np.ndarray:
     """Bring a decoded image to (size, size) by way of CANONICAL_SIZE, whatever size it came in.
 
@@ -59,7 +65,7 @@ def to_model_size(pixels: np.ndarray, size: int, blur: float = 0.0) -> np.ndarra
     arrived smaller has been filtered once more on its way to 256 px. A blur of 1 px takes that band away
     (models/README.md measures it).
     """
-    if not (math.isfinite(blur) and blur >= 0):
+    if not is_blur(blur):
         raise ValueError(f"blur must be a standard deviation of 0 or more pixels, got {blur}.")
     resized = resize(resize(pixels, CANONICAL_SIZE), size)
     if not blur:

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from cxr.calibration import calibrate
 from cxr.files import atomic_write_all
-from cxr.images import to_model_size
+from cxr.images import is_blur, to_model_size
 from cxr.model import (
     LAST_CONV_LAYER,
     MINIMUM_IMAGE_SIZE,
@@ -224,7 +224,7 @@ def check_card(card: dict, path: str | Path) -> dict:
         problems.append(f"field 'image_size' must be a whole number of pixels, at least {MINIMUM_IMAGE_SIZE}, "
                         f"got {size!r}")
     blur = card.get("blur", 0.0)
-    if type(blur) not in (int, float) or not math.isfinite(blur) or blur < 0:
+    if not is_blur(blur):
         problems.append(f"field 'blur' must be a standard deviation of 0 or more pixels, got {blur!r}")
     layer = card.get("gradcam_layer", LAST_CONV_LAYER)
     if not (isinstance(layer, str) and layer):

@@ -98,7 +98,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
             raise ValueError(f"ema_momentum must lie between 0 and 1, got {self.ema_momentum}.")
-        if not (math.isfinite(self.blur) and self.blur >= 0):
+        if not images.is_blur(self.blur):
             raise ValueError(f"--blur must be a standard deviation of 0 or more pixels, got {self.blur}.")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise ValueError(f"--gamma must be 0 (off) or more, got {self.gamma}.")
