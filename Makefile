@@ -2,8 +2,8 @@
 # make lint       ruff: pycodestyle, pyflakes, import order (pyproject.toml); no reformatting
 # make test       set up .venv, lint, then run every test, the notebook's outputs included (nbval)
 #                 (installs Debian's chromium for the browser tests of the web app if it is missing)
-# make test-fast  the tests without the slow ones, for the inner loop (`-m "not slow and not data"`
-#                 in pytest: without the NIH data either)
+# make test-fast  the tests without the slow ones, for the inner loop (`-m "not slow"`; add
+#                 `and not data` in pytest to leave out the NIH data too)
 # make train      train the shipped model's recipe (resumable: the same command continues after a stop;
 #                 about 1.5 hours on 2 CPU cores), then `make export` writes it to models/
 # make bench      add the benchmark's extra candidates to .venv and write bench/RESULTS.md (under 25 min;

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted; run the same command again to resume.", file=sys.stderr)
         return 130
+    if args.data_dir.resolve() != config.chosen_data_dir().resolve():  # else the project would not find it
+        print(f"Done. The project reads {config.chosen_data_dir()}; point it at this folder with\n"
+              f"    export {config.DATA_DIR_VARIABLE}={args.data_dir}", file=sys.stderr)
     return 0
 
 

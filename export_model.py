@@ -46,8 +46,14 @@ def read_run(run_dir: Path) -> tuple[dict, dict, dict]:
             f"{run_dir} is not a finished training run: {', '.join(missing)} missing. Train (or resume) it "
             "with `python train.py --output-dir RUN_DIR` until an epoch is committed."
         )
-    return tuple(json.loads(files[name].read_text())
-                 for name in (RunDirectory.CONFIG, RunDirectory.STATE, RunDirectory.NORMALISATION))
+    contents = []
+    for name in (RunDirectory.CONFIG, RunDirectory.STATE, RunDirectory.NORMALISATION):
+        try:
+            contents.append(json.loads(files[name].read_text()))
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"{files[name]}: not valid JSON ({error}). Resume the run with the command that "
+                             "started it (`python train.py --output-dir RUN_DIR ...`) to write it again.") from error
+    return tuple(contents)
 
 
 def choose_gradcam_layer(network, valid: images.Split, statistics, labels: list[str], data_dir: Path):
@@ -66,14 +72,14 @@ def project_relative(path: Path) -> str:
     return str(resolved.relative_to(config.PROJECT_ROOT)) if resolved.is_relative_to(config.PROJECT_ROOT) else str(path)
 
 
-def rounded(table, digits: int = 4) -> dict:
+def rounded(table, digits: int = 6) -> dict:
     return {key: round(float(value), digits) for key, value in table.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--destination", type=Path, default=Path("models/densenet121_cxr14"))
+    parser.add_argument("--destination", type=Path, default=config.SHIPPED_MODEL)
     parser.add_argument("--float16", action="store_true", help="store the weights as float16 (half the size)")
     parser.add_argument("--weights", default=RunDirectory.BEST_WEIGHTS,
                         help=f"which of the run's weight files to export (default {RunDirectory.BEST_WEIGHTS}, "
@@ -191,7 +197,7 @@ def main() -> None:
         "validation_pointing_game_by_gradcam_layer": rounded(pointing_by_layer),
         "validation_mean_auroc_by_standardisation": rounded(by_standardisation),
         "validation_mean_auroc_by_test_time_flip": {
-            str(key).lower(): round(value, 4) for key, value in by_flip.items()
+            str(key).lower(): round(value, 6) for key, value in by_flip.items()
         },
         "weights_dtype": "float16" if args.float16 else "float32",
         "exported": datetime.date.today().isoformat(),

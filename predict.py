@@ -7,7 +7,8 @@ Prints, and with --output writes as CSV, one row per image: the file, each findi
 probability (column named after the finding) and whether it is at or above the model's validated
 threshold (column ``<finding>_flag``: 1 or 0). A directory stands for the PNG and JPEG files in it.
 --gradcam DIR also writes a GradCAM overlay of each image's top findings to DIR. Files that cannot
-be read are reported by name and skipped; the exit status is 1 if any was, else 0.
+be read are reported by name and skipped; the exit status is 1 if any was, else 0 (2 if the model
+cannot be loaded).
 
 The probabilities hold for the prevalences of the data the model was calibrated on (a subset of the
 NIH release, see models/README.md), not for a hospital's. Teaching project, not a diagnostic device.
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from cxr import config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 BATCH_SIZE = 32
@@ -52,7 +55,7 @@ def results_table(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    parser.add_argument("--model", default="models/densenet121_cxr14", help="the shipped model's prefix")
+    parser.add_argument("--model", type=Path, default=config.SHIPPED_MODEL, help="the shipped model's prefix")
     parser.add_argument("--output", type=Path, help="write the results as CSV here")
     parser.add_argument("--gradcam", type=Path, metavar="DIR", help="write GradCAM overlays of the top findings here")
     parser.add_argument("--thresholds", choices=("specificity", "youden"), default="specificity",
@@ -72,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     from cxr import gradcam, images, plots
     from cxr.inference import ShippedModel
 
-    shipped = ShippedModel.load(args.model)
+    try:
+        shipped = ShippedModel.load(args.model)
+    except (FileNotFoundError, ValueError) as error:  # the messages name the file and the field
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     labels = shipped.labels
     if shipped.calibration is None:
         print(f"warning: {args.model} has no calibration: the columns are the network's scores, not probabilities.",

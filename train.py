@@ -36,12 +36,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train as the command line says; return the exit status (1 if an epoch could not be saved)."""
+    """Train as the command line says; return the exit status (1, with the message, if the data cannot be
+    read or an epoch could not be saved)."""
     cfg = parse_config(argv)
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     try:
         summary = train(cfg)
-    except CheckpointError as error:
+    except (CheckpointError, FileNotFoundError, ValueError) as error:  # their messages say what to do
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

@@ -28,7 +28,7 @@ EXPORTS = {
     "cxr.model": ("build_densenet121",),
     "cxr.inference": ("PER_IMAGE", "load_shipped_model", "predict", "read_card", "standardise"),
     "cxr.evaluation": (
-        "auroc", "auroc_table", "compare_mean_auroc", "expert_label_comparison", "mean_auroc",
+        "auroc", "auroc_table", "compare_mean_auroc", "expert_label_comparison", "mean_auroc", "mean_class_auroc",
         "precision_recall_curves", "roc_curves", "subgroup_mean_auroc",
     ),
     "cxr.baselines": ("baseline_scores", "metadata_features"),

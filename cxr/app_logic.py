@@ -26,12 +26,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from cxr import config
 from cxr.gradcam import explain_findings
 from cxr.images import ImageReadError, read_image
 from cxr.inference import ShippedModel, Standardisation
 from cxr.plots import plot_gradcam
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "densenet121_cxr14"
+DEFAULT_MODEL = config.SHIPPED_MODEL
 # MPO is the JPEG that cameras and phones write: a JPEG whose first frame is the picture, with
 # further frames (previews, stereo views) after it. Pillow names it MPO; the first frame is used.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO")

@@ -33,19 +33,32 @@ def metadata_features(frame: pd.DataFrame, data_dir: str | Path | None = None) -
     ``male`` (1 for M).
 
     Raises:
-        ValueError: naming the images the label file does not list.
+        ValueError: naming the images the label file does not list, a column it lacks, or the line of
+            a follow-up number or an age that is not a number.
     """
     label_file = config.data_dir(data_dir) / config.LABEL_FILE
-    table = data.read_label_file(label_file).set_index("Image Index")
+    remedy = "The metadata baseline needs the official Data_Entry_2017_v2020.csv."
+    table = data.read_label_file(label_file)
+    absent = [column for column in ("Follow-up #", "Patient Age", "Patient Gender") if column not in table]
+    if absent:
+        raise ValueError(f"{label_file}: missing column(s) {absent}. {remedy}")
+    table = table.assign(line=table.index + 2).set_index("Image Index")  # line 1 is the header
     missing = sorted(set(frame["Image"]) - set(table.index))
     if missing:
         raise ValueError(f"{label_file} does not list {len(missing)} image(s) of the split, e.g. {missing[:3]}.")
     rows = table.loc[frame["Image"]]
+    numbers = {}
+    for column in ("Follow-up #", "Patient Age"):
+        numbers[column] = pd.to_numeric(rows[column], errors="coerce")
+        if numbers[column].isna().any():
+            image = numbers[column].isna().idxmax()
+            raise ValueError(f"{label_file} line {rows.at[image, 'line']} (Image Index {image}): {column!r} "
+                             f"{rows.at[image, column]!r} is not a number. {remedy}")
     return pd.DataFrame(
         {
             "AP view": (rows["View Position"] == "AP").astype(float).to_numpy(),
-            "log follow-up": np.log1p(rows["Follow-up #"].astype(float)).to_numpy(),
-            "age": rows["Patient Age"].astype(float).to_numpy(),
+            "log follow-up": np.log1p(numbers["Follow-up #"]).to_numpy(),
+            "age": numbers["Patient Age"].to_numpy(),
             "male": (rows["Patient Gender"] == "M").astype(float).to_numpy(),
         },
         index=frame.index,

@@ -31,7 +31,7 @@ LABEL_SETS = {"14": LABELS, "4": FOUR_CLASS_LABELS}
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPLIT_DIR = PROJECT_ROOT / "data"
 MODEL_DIR = PROJECT_ROOT / "models"
-IMAGE_DIR = PROJECT_ROOT / "images"
+SHIPPED_MODEL = MODEL_DIR / "densenet121_cxr14"  # the prefix of its .weights.h5 and .json
 
 # Where the NIH files are read from: the environment variable wins, then the repository's neighbour.
 DATA_DIR_VARIABLE = "CXR_DATA_DIR"
@@ -44,7 +44,6 @@ FULL_RESOLUTION_DIR = "images"
 LOW_RESOLUTION_DIR = "images-64"
 
 SEED = 42
-BATCH_SIZE = 16
 
 
 def chosen_data_dir(path: str | os.PathLike | None = None) -> Path:

@@ -31,15 +31,15 @@ EXPERT_FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or ma
 EXPERT_POSITIVE, EXPERT_NEGATIVE = "YES", "NO"
 
 
-def read_csv(path: Path, columns: tuple[str, ...], remedy: str) -> pd.DataFrame:
-    """Read a CSV (``.csv`` or ``.csv.gz``) that must have ``columns``.
+def read_csv(path: Path, columns: tuple[str, ...], remedy: str, **options) -> pd.DataFrame:
+    """Read a CSV (``.csv`` or ``.csv.gz``) that must have ``columns``; ``options`` go to ``pd.read_csv``.
 
     Raises:
         ValueError: naming the file and ``remedy``, if it is not a readable CSV (corrupt, truncated,
             not gzip) or lacks one of ``columns``.
     """
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(path, **options)
     except (OSError, EOFError, zlib.error, ValueError) as error:  # what pandas, gzip and zlib raise
         raise ValueError(f"{path}: not a readable CSV file ({type(error).__name__}: {error}). {remedy}") from error
     missing = [column for column in columns if column not in table.columns]
@@ -102,13 +102,15 @@ def load_boxes(data_dir: str | Path | None = None) -> pd.DataFrame:
     path = config.data_dir(data_dir) / config.BBOX_FILE
     if not path.is_file():
         raise FileNotFoundError(f"Bounding box file {path} not found: it ships with the NIH data folder.")
-    boxes = pd.read_csv(path, header=None, skiprows=1, usecols=range(len(BOX_COLUMNS)), names=list(BOX_COLUMNS))
+    remedy = "Replace it with the NIH's BBox_List_2017.csv (README.md, section 'The data')."
+    boxes = read_csv(path, BOX_COLUMNS, remedy, header=None, skiprows=1, usecols=range(len(BOX_COLUMNS)),
+                     names=list(BOX_COLUMNS))
     coordinates = list(BOX_COLUMNS[2:])
     boxes[coordinates] = boxes[coordinates].apply(pd.to_numeric, errors="coerce")
     bad = boxes[boxes[coordinates].isna().any(axis=1) | (boxes[["w", "h"]] < 0).any(axis=1)]
     if len(bad):
         raise ValueError(
-            f"{path}: {len(bad)} box(es) without four valid numbers, first at data row {bad.index[0] + 1}."
+            f"{path}: {len(bad)} box(es) without four valid numbers, first on line {bad.index[0] + 2}. {remedy}"
         )
     boxes["Finding"] = boxes["Finding"].replace(BOX_FINDING_NAMES)
     return boxes
@@ -124,15 +126,12 @@ def read_expert_labels(data_dir: str | Path | None = None) -> pd.DataFrame:
     path = config.data_dir(data_dir) / config.EXPERT_LABEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"Expert label file {path} not found: it ships with the NIH data folder.")
-    table = pd.read_csv(path)
-    findings = list(EXPERT_FINDINGS)
-    missing = [column for column in [EXPERT_IMAGE_COLUMN, *findings] if column not in table]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}.")
-    values = table[findings]
+    remedy = "Replace it with Google's published expert label file (README.md, section 'The data')."
+    table = read_csv(path, (EXPERT_IMAGE_COLUMN, *EXPERT_FINDINGS), remedy)
+    values = table[list(EXPERT_FINDINGS)]
     unknown = sorted(set(values.to_numpy().ravel()) - {EXPERT_POSITIVE, EXPERT_NEGATIVE}, key=str)
     if unknown:
-        raise ValueError(f"{path}: expected only {EXPERT_POSITIVE}/{EXPERT_NEGATIVE} labels, found {unknown}.")
+        raise ValueError(f"{path}: expected only {EXPERT_POSITIVE}/{EXPERT_NEGATIVE} labels, found {unknown}. {remedy}")
     expert = (values == EXPERT_POSITIVE).astype(np.int8)
     expert.insert(0, "Image", table[EXPERT_IMAGE_COLUMN])
     return expert.drop_duplicates("Image").reset_index(drop=True)
@@ -144,20 +143,21 @@ def findings_to_columns(
     """Turn ``Finding Labels`` strings ("Effusion|Mass", "No Finding") into one 0/1 column per label.
 
     ``No Finding`` means all zeros unless it is itself one of ``labels`` (the 4-class variant).
+    ``findings`` is indexed by the line of each row in ``source``, which errors name.
 
     Raises:
-        ValueError: for a name that is neither a finding nor "No Finding", naming the row and the name.
+        ValueError: for a name that is neither a finding nor "No Finding", naming the line and the name.
     """
     known = set(config.LABELS) | {config.NO_FINDING}
     columns = {label: np.zeros(len(findings), dtype=np.int8) for label in labels}
     for position, (row, text) in enumerate(findings.items()):
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{source} row {row}: empty 'Finding Labels'; use 'No Finding' for a normal image.")
+            raise ValueError(f"{source} line {row}: empty 'Finding Labels'; use 'No Finding' for a normal image.")
         for name in text.split("|"):
             name = name.strip()
             if name not in known:
                 raise ValueError(
-                    f"{source} row {row}: unknown finding {name!r} in 'Finding Labels'; "
+                    f"{source} line {row}: unknown finding {name!r} in 'Finding Labels'; "
                     f"expected one of {sorted(known)}."
                 )
             if name in columns:
@@ -183,7 +183,7 @@ def build_metadata(data_dir: str | Path | None = None, labels: tuple[str, ...] =
             file_of_image.update({path.name: path for path in folder.iterdir()})
     present = table[table["Image Index"].isin(file_of_image)].copy()
     present["Resolution"] = [image_side(file_of_image[name]) for name in present["Image Index"]]
-    # The CSV line number (header is line 1) names the row in error messages.
+    # The CSV line number (header is line 1) names the row in error messages, as in read_label_file.
     present.index = present.index + 2
     findings = findings_to_columns(present["Finding Labels"], labels, source=str(label_file))
     metadata = pd.concat(
@@ -228,14 +228,14 @@ def image_side(path: Path) -> int:
         raise ValueError(f"{path}: not a readable image ({error}); re-download it or delete it.") from error
 
 
-def is_low_resolution(frame: pd.DataFrame) -> pd.Series:
-    """True for the rows of a metadata/split table whose file lies in ``images-64/``."""
+def is_low_resolution(frame: pd.DataFrame | pd.Series) -> pd.Series | bool:
+    """True for the rows of a metadata/split table (or the one row) whose file lies in ``images-64/``."""
     return frame["Resolution"] <= LOW_RESOLUTION
 
 
 def image_path(row: pd.Series, data_dir: Path) -> Path:
     """Where the file of a metadata/split row lives."""
-    folder = config.LOW_RESOLUTION_DIR if row["Resolution"] <= LOW_RESOLUTION else config.FULL_RESOLUTION_DIR
+    folder = config.LOW_RESOLUTION_DIR if is_low_resolution(row) else config.FULL_RESOLUTION_DIR
     return data_dir / folder / row["Image"]
 
 
@@ -339,12 +339,26 @@ def read_split(name: str, split_dir: str | Path = config.SPLIT_DIR) -> pd.DataFr
     """Read one of the committed split CSVs (``train``, ``valid`` or ``test``).
 
     Raises:
-        FileNotFoundError, ValueError: naming the file, if it is missing, unreadable or lacks a column.
+        FileNotFoundError, ValueError: naming the file, if it is missing, unreadable or lacks a column;
+            naming the line and the column of a label that is not 0 or 1, or of a patient ID or a
+            resolution that is not a whole number.
     """
     path = Path(split_dir) / f"{name}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"Split file {path} not found: create it with `python split_data.py`.")
-    return read_csv(path, SPLIT_COLUMNS, "Write the splits again with `python split_data.py`.")
+    remedy = "Write the splits again with `python split_data.py`."
+    table = read_csv(path, SPLIT_COLUMNS, remedy)
+    # An empty cell or a "yes" would otherwise become NaN, or a bare conversion error far from here.
+    expected = {"PatientId": "a whole number", "Resolution": "a whole number"}
+    expected |= {label: "0 or 1" for label in (*config.LABELS, config.NO_FINDING) if label in table}
+    for column, meaning in expected.items():
+        values = pd.to_numeric(table[column], errors="coerce")
+        good = values.isin((0, 1)) if meaning == "0 or 1" else (values >= 0) & (values == values.round())
+        if not good.all():
+            first = (~good).idxmax()
+            raise ValueError(f"{path}, line {first + 2}, column {column!r}: {table.at[first, column]!r} is not "
+                             f"{meaning} ({int((~good).sum())} such row(s)). {remedy}")
+    return table.astype({column: int for column in expected})
 
 
 def check_for_leakage(df1: pd.DataFrame, df2: pd.DataFrame, patient_col: str) -> bool:

@@ -33,12 +33,13 @@ def fused_batch_norm(layer: keras.layers.BatchNormalization, inputs, training: b
     scale = layer.gamma if layer.scale else tf.ones((channels,))
     offset = layer.beta if layer.center else tf.zeros((channels,))
     if not training:
-        output, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            inputs, scale, offset, mean=layer.moving_mean, variance=layer.moving_variance,
-            epsilon=layer.epsilon, is_training=False)
-        return output
-    output, mean, variance = tf.compat.v1.nn.fused_batch_norm(inputs, scale, offset, epsilon=layer.epsilon,
-                                                              is_training=True)
+        return tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=scale, offset=offset, mean=layer.moving_mean, variance=layer.moving_variance,
+            epsilon=layer.epsilon, is_training=False).y
+    # In training the op computes the batch statistics itself: no mean or variance goes in.
+    output, mean, variance = tf.raw_ops.FusedBatchNormV3(
+        x=inputs, scale=scale, offset=offset, mean=tf.constant([]), variance=tf.constant([]),
+        epsilon=layer.epsilon, is_training=True)[:3]
     # The op returns the unbiased variance (n - 1 in the denominator); Keras averages the biased one.
     count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), tf.float32)
     variance = variance * (count - 1.0) / count

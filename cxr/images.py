@@ -152,7 +152,7 @@ def load_images(
             kept.append(position)
         except (FileNotFoundError, ImageReadError) as error:
             # CSV line = position + 2 (the header is line 1).
-            message = f"{source} row {position + 2} (Image={row['Image']}): {error}"
+            message = f"{source} line {position + 2} (Image={row['Image']}): {error}"
             if on_error == "raise":
                 raise type(error)(message + " Re-download the file or remove its row.") from error
             warnings.warn(message + " Skipped.", stacklevel=2)

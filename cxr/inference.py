@@ -229,10 +229,23 @@ def check_card(card: dict, path: str | Path) -> dict:
     layer = card.get("gradcam_layer", LAST_CONV_LAYER)
     if not (isinstance(layer, str) and layer):
         problems.append(f"field 'gradcam_layer' must name a layer of the network, got {layer!r}")
+    flip = card.get("test_time_flip", False)
+    if not isinstance(flip, bool):  # the string "false" would otherwise switch it on
+        problems.append(f"field 'test_time_flip' must be true or false, got {flip!r}")
     try:
         card_standardisation(card)
     except ValueError as error:
         problems.append(str(error))
+    for name in THRESHOLD_FIELDS.values():
+        thresholds = card.get(name)
+        if thresholds is None:
+            continue
+        if not isinstance(thresholds, dict):
+            problems.append(f"field {name!r} must map findings to thresholds, got {thresholds!r}")
+            continue
+        wrong = {label: value for label, value in thresholds.items() if not _is_probability(value)}
+        if wrong:  # a threshold of 1.5 would silently never flag its finding
+            problems.append(f"field {name!r} must hold numbers from 0 to 1, got {wrong}")
     calibration = card.get("calibration")
     if calibration is not None and labels:
         try:
@@ -267,18 +280,16 @@ def card_standardisation(card: dict) -> Standardisation:
     return (mean, std)
 
 
+def _is_probability(value) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and 0.0 <= value <= 1.0
+
+
 def card_thresholds(card: dict, rule: str = "specificity") -> dict[str, float] | None:
-    """The card's usable operating thresholds (numbers in 0..1, per label) for ``rule``, or None if it has none."""
-    raw = card.get(THRESHOLD_FIELDS[rule])
-    if not isinstance(raw, dict):
-        return None
-    thresholds = {}
-    for label in card["labels"]:
-        value = raw.get(label)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if number and math.isfinite(value) and 0.0 <= value <= 1.0:
-            thresholds[label] = float(value)
-    return thresholds or None
+    """The operating thresholds of a checked card (``check_card``) for ``rule``, per label, or None if it
+    has none."""
+    raw = card.get(THRESHOLD_FIELDS[rule]) or {}
+    return {label: float(raw[label]) for label in card["labels"] if label in raw} or None
 
 
 @dataclass
@@ -321,7 +332,7 @@ class ShippedModel:
 
     @property
     def flip(self) -> bool:
-        return bool(self.card.get("test_time_flip", False))
+        return self.card.get("test_time_flip", False)
 
     @property
     def gradcam_layer(self) -> str:

@@ -130,7 +130,7 @@ def test_preprocessing_and_calibration_are_the_notebooks(predictor, test_image, 
 
 def test_standardisation_comes_from_the_json(predictor, settings_without_thresholds):
     settings = json.loads(model_files(settings_without_thresholds)[0].read_text())
-    assert predictor.statistics == card_standardisation(settings)
+    assert settings["standardisation"] == PER_IMAGE and predictor.statistics == PER_IMAGE
     assert predictor.image_size == settings["image_size"] == predictor.model.input_shape[1]
 
 
@@ -255,9 +255,11 @@ def test_marking_follows_the_probabilities(predictor, real_result, tmp_path):
     assert "No finding is above its validated threshold" in marked.summary(table, "x.png")
 
 
-def test_unusable_thresholds_are_ignored(predictor, tmp_path):
-    marked = with_thresholds(predictor, tmp_path, {predictor.labels[0]: "high", predictor.labels[1]: 1.5})
-    assert marked.thresholds is None
+def test_unusable_thresholds_are_named(predictor, tmp_path):
+    first, second = predictor.labels[:2]
+    with pytest.raises(ValueError, match=rf"field 'thresholds' must hold numbers from 0 to 1, got "
+                                         rf"{{'{first}': 'high', '{second}': 1.5}}"):
+        with_thresholds(predictor, tmp_path, {first: "high", second: 1.5, predictor.labels[2]: 0.5})
 
 
 # --- bad uploads -----------------------------------------------------------------------------------

@@ -93,6 +93,23 @@ def test_metadata_features_name_images_the_label_file_lacks(tmp_path):
         baselines.metadata_features(pd.DataFrame({"Image": ["00000099_000.png"]}), tmp_path)
 
 
+def test_metadata_features_name_a_missing_column(tmp_path):
+    _label_file(tmp_path, ["00000001_000.png"])
+    path = tmp_path / config.LABEL_FILE
+    pd.read_csv(path).drop(columns="Patient Age").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['Patient Age'\]"):
+        baselines.metadata_features(pd.DataFrame({"Image": ["00000001_000.png"]}), tmp_path)
+
+
+def test_metadata_features_name_the_line_of_an_age_that_is_not_a_number(tmp_path):
+    names = ["00000001_000.png", "00000002_003.png"]
+    _label_file(tmp_path, names)
+    path = tmp_path / config.LABEL_FILE
+    pd.read_csv(path).astype({"Patient Age": str}).replace({"60": "060Y"}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"line 3 \(Image Index 00000002_003.png\): 'Patient Age' '060Y'"):
+        baselines.metadata_features(pd.DataFrame({"Image": names}), tmp_path)
+
+
 def test_thumbnail_features_are_32x32_images_standardised_one_by_one():
     pixels = np.random.default_rng(3).integers(0, 256, (5, 64, 64), dtype=np.uint8)
     features = baselines.thumbnail_features(pixels)

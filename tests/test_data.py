@@ -150,18 +150,18 @@ def test_findings_keep_the_index_of_the_label_file_rows():
     assert list(columns["Effusion"]) == [0, 0, 1]
 
 
-def test_unknown_finding_names_row_name_and_source():
+def test_unknown_finding_names_line_name_and_source():
     findings = pd.Series(["Mass", "Effusion|Pneumonitis", "No Finding"], index=[2, 3, 4])
     with pytest.raises(ValueError) as caught:
         data.findings_to_columns(findings, source="labels.csv")
     message = str(caught.value)
-    assert "row 3" in message and "'Pneumonitis'" in message and "labels.csv" in message
+    assert "labels.csv line 3" in message and "'Pneumonitis'" in message and "labels.csv" in message
 
 
 @pytest.mark.parametrize("text", ["", "   ", None, np.nan], ids=["empty", "blank", "None", "NaN"])
 def test_empty_findings_are_rejected(text):
     findings = pd.Series(["Mass", text], index=[2, 3], dtype=object)
-    with pytest.raises(ValueError, match="row 3: empty 'Finding Labels'"):
+    with pytest.raises(ValueError, match="line 3: empty 'Finding Labels'"):
         data.findings_to_columns(findings)
 
 
@@ -405,3 +405,25 @@ def test_read_expert_labels_names_the_file_and_the_unexpected_values(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="Expert label file"):
         data.read_expert_labels(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "column, value, expected",
+    [("Cardiomegaly", "yes", "0 or 1"), ("Cardiomegaly", "", "0 or 1"), ("Cardiomegaly", "2", "0 or 1"),
+     ("Resolution", "512px", "a whole number"), ("PatientId", "", "a whole number")],
+)
+def test_split_file_with_a_bad_value_names_the_line_and_the_column(tmp_path, column, value, expected):
+    frame = pd.DataFrame({"Image": ["00000001_000.png", "00000002_000.png"], "PatientId": ["1", "2"],
+                          "Resolution": ["512", "320"], "Cardiomegaly": ["1", "0"]})
+    frame.loc[1, column] = value
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    with pytest.raises(ValueError) as caught:
+        data.read_split("train", tmp_path)
+    assert f"train.csv, line 3, column {column!r}" in str(caught.value) and expected in str(caught.value)
+
+
+def test_split_file_values_are_read_as_integers(tmp_path):
+    frame = pd.DataFrame({"Image": ["00000001_000.png"], "PatientId": [1], "Resolution": [512], "Cardiomegaly": [1]})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    table = data.read_split("train", tmp_path)
+    assert table[["PatientId", "Resolution", "Cardiomegaly"]].dtypes.map(pd.api.types.is_integer_dtype).all()

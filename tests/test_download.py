@@ -268,6 +268,17 @@ def test_cli_reports_a_download_error_and_exits_1(tmp_path, monkeypatch, capsys)
     assert download.IMAGE_ARCHIVE_URLS[7] in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("exported", [False, True])
+def test_cli_says_how_to_point_the_project_at_a_folder_it_would_not_read(tmp_path, monkeypatch, capsys, exported):
+    monkeypatch.setattr(download_data, "download_release", lambda *args, **kwargs: None)
+    monkeypatch.delenv(config.DATA_DIR_VARIABLE, raising=False)
+    if exported:
+        monkeypatch.setenv(config.DATA_DIR_VARIABLE, str(tmp_path))
+    assert download_data.main(["--data-dir", str(tmp_path)]) == 0
+    advice = f"export {config.DATA_DIR_VARIABLE}={tmp_path}"
+    assert (advice in capsys.readouterr().err) != exported
+
+
 def test_repo_download_folder_is_gitignored():
     ignored = (config.PROJECT_ROOT / ".gitignore").read_text().split()
     assert "data/nih/" in ignored

@@ -80,7 +80,7 @@ def test_missing_image_names_table_row_and_file(tmp_path, missing_position):
     message = str(caught.value)
     assert SOURCE in message
     # CSV line number: the header is line 1, so the first data row is line 2.
-    assert f"row {missing_position + 2} " in message
+    assert f"line {missing_position + 2} " in message
     assert names[missing_position] in message
 
 
@@ -89,7 +89,7 @@ def test_missing_image_is_skipped_with_warning_when_on_error_is_skip(tmp_path):
     frame, values = make_data_dir(tmp_path, names)
     (tmp_path / config.FULL_RESOLUTION_DIR / names[1]).unlink()
 
-    with pytest.warns(UserWarning, match=r"row 3 .*00000002_000\.png"):
+    with pytest.warns(UserWarning, match=r"line 3 .*00000002_000\.png"):
         images, rows = load_images(frame, tmp_path, size=8, source=SOURCE, on_error="skip")
 
     assert list(rows["Image"]) == [names[0], names[2]]
@@ -147,7 +147,7 @@ def test_unreadable_file_in_table_names_table_row_and_file(tmp_path, make_bad_fi
         load_images(frame, tmp_path, size=8, source=SOURCE)
 
     message = str(caught.value)
-    assert SOURCE in message and "row 4 " in message and names[2] in message
+    assert SOURCE in message and "line 4 " in message and names[2] in message
     # ImageReadError is a ValueError, so callers catching ValueError also see it.
     assert isinstance(caught.value, ValueError)
 
@@ -157,7 +157,7 @@ def test_corrupt_file_is_skipped_with_warning_when_on_error_is_skip(tmp_path):
     frame, values = make_data_dir(tmp_path, names)
     truncated_png(tmp_path / config.FULL_RESOLUTION_DIR / names[0])
 
-    with pytest.warns(UserWarning, match=r"row 2 .*00000001_000\.png"):
+    with pytest.warns(UserWarning, match=r"line 2 .*00000001_000\.png"):
         images, rows = load_images(frame, tmp_path, size=8, on_error="skip")
 
     assert list(rows["Image"]) == [names[1]]

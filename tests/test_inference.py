@@ -31,7 +31,7 @@ CARD = {"labels": LABELS3, "image_size": SIZE, "normalisation": {"mean": 120.0, 
         "standardisation": TRAINING_STATISTICS, "test_time_flip": True,
         "calibration": {"shift": {"A": 1.0, "B": 0.5, "C": -0.5}, "slope": {"A": 1.0, "B": 2.0, "C": 1.0},
                         "intercept": {"A": 0.0, "B": 0.1, "C": -0.1}},
-        "thresholds": {"A": 0.3, "B": 1.5, "C": "high"}, "thresholds_youden": {"A": 0.2, "B": 0.2, "C": 0.2},
+        "thresholds": {"A": 0.3, "B": 1.0, "D": 0.1}, "thresholds_youden": {"A": 0.2, "B": 0.2, "C": 0.2},
         "auroc": {"test": {"A": 0.8}}}  # fmt: skip
 
 
@@ -135,6 +135,12 @@ CARD_PROBLEMS = {
     "GradCAM layer not a name": (json.dumps({**CARD, "gradcam_layer": 7}), "field 'gradcam_layer' must name a layer"),
     "negative blur": (json.dumps({**CARD, "blur": -1}), "field 'blur' must be .* 0 or more pixels, got -1"),
     "blur as text": (json.dumps({**CARD, "blur": "1px"}), "field 'blur' must be"),
+    "test-time flip as text": (json.dumps({**CARD, "test_time_flip": "false"}),
+                               "field 'test_time_flip' must be true or false, got 'false'"),
+    "threshold above 1": (json.dumps({**CARD, "thresholds": {"A": 1.5}}),
+                          r"field 'thresholds' must hold numbers from 0 to 1, got \{'A': 1.5\}"),
+    "Youden thresholds not a table": (json.dumps({**CARD, "thresholds_youden": [0.5]}),
+                                      "field 'thresholds_youden' must map findings to thresholds"),
     "calibration of too few labels": (json.dumps({**CARD, "calibration": {"shift": {"A": 0.0}}}),
                                       "field 'calibration' must hold"),
 }  # fmt: skip
@@ -176,7 +182,7 @@ def test_shipped_model_reads_its_fields_from_the_card(network):
     shipped = ShippedModel(network, CARD)
     fields = (shipped.labels, shipped.image_size, shipped.statistics, shipped.flip)
     assert fields == (LABELS3, SIZE, (120.0, 50.0), True)
-    assert shipped.thresholds == {"A": 0.3}  # 1.5 and "high" are no thresholds
+    assert shipped.thresholds == {"A": 0.3, "B": 1.0}  # C has none (never flagged), D is no label of the model
     assert shipped.thresholds_for("youden") == CARD["thresholds_youden"]
     assert ShippedModel(network, _without("thresholds")).thresholds is None
     assert shipped.blur == 0.0  # a card from before the blur: none

@@ -15,7 +15,7 @@ from cxr.images import read_image
 from cxr.inference import ShippedModel
 from cxr.inference import predict as predict_scores
 
-MODEL = config.MODEL_DIR / "densenet121_cxr14"
+MODEL = config.SHIPPED_MODEL
 # Each test runs predict.py on the shipped 224-px model: seconds to tens of seconds apiece.
 pytestmark = pytest.mark.slow
 
@@ -113,3 +113,14 @@ def test_no_image_at_all_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as stopped:
         predict.main([str(tmp_path)])
     assert stopped.value.code == 2
+
+
+@pytest.mark.parametrize("damage", ["missing", "not JSON"])
+def test_a_model_that_cannot_be_loaded_is_named_with_status_2(folder, tmp_path, capsys, damage):
+    prefix = tmp_path / "model"
+    if damage == "not JSON":
+        shutil.copy(MODEL.with_suffix(".weights.h5"), prefix.with_suffix(".weights.h5"))
+        prefix.with_suffix(".json").write_text("{not json")
+    assert predict.main([str(folder / "a.png"), "--model", str(prefix)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and str(prefix) in error  # names the file

@@ -1,5 +1,5 @@
-"""The command-line scripts' own behaviour: split_data.py's all-or-nothing write, export_model.py's
-refusal of an unfinished run and its export of a tiny real one."""
+"""The command-line scripts' own behaviour: split_data.py's all-or-nothing write, the scripts' errors
+without a traceback, export_model.py's refusal of an unfinished run and its export of a tiny real one."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 import export_model
 import split_data
+import train
 from cxr import config, data, gradcam, images
 from cxr.inference import PER_IMAGE, load_shipped_model
 from cxr.model import build_densenet121, load_pretrained_weights
@@ -55,6 +56,33 @@ def test_export_names_what_an_unfinished_run_lacks(tmp_path, monkeypatch):
     missing = "state.json, normalisation.json, best.weights.h5 missing"
     assert f"{tmp_path} is not a finished training run: {missing}" in message
     assert "train.py" in message
+
+
+def test_export_names_a_run_file_that_is_not_json(tmp_path, monkeypatch):
+    for name in ("config.json", "state.json", "normalisation.json", "best.weights.h5"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "state.json").write_text('{"epoch": ')  # cut off mid-write
+    monkeypatch.setattr(sys, "argv", ["export_model.py", str(tmp_path)])
+    with pytest.raises(SystemExit, match=rf"{tmp_path / 'state.json'}: not valid JSON .*train.py"):
+        export_model.main()
+
+
+def test_split_data_reports_a_bad_split_file_without_a_traceback(tmp_path, monkeypatch, capsys):
+    for name in data.SPLITS:
+        shutil.copy(config.SPLIT_DIR / f"{name}.csv", tmp_path / f"{name}.csv")
+    valid = pd.read_csv(tmp_path / "valid.csv", dtype=str)
+    valid.loc[4, "Effusion"] = "yes"
+    valid.to_csv(tmp_path / "valid.csv", index=False)
+    monkeypatch.setattr(sys, "argv", ["split_data.py", "--output-dir", str(tmp_path)])
+    assert split_data.main() == 1
+    assert f"error: {tmp_path / 'valid.csv'}, line 6, column 'Effusion': 'yes'" in capsys.readouterr().err
+
+
+def test_train_reports_a_missing_data_directory_without_a_traceback(tmp_path, capsys):
+    status = train.main(["--output-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "nowhere"),
+                         "--epochs", "1", "--image-size", "32"])
+    assert status == 1
+    assert f"error: NIH data directory {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
 
 
 def tiny_splits(folder: Path, per_finding: int = 8) -> Path:
