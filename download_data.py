@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.data_dir.resolve() != config.chosen_data_dir().resolve():  # else the project would not find it
         print(f"Done. The project reads {config.chosen_data_dir()}; point it at this folder with\n"
-              f"    export {config.DATA_DIR_VARIABLE}={args.data_dir}", file=sys.stderr)
+              f"    export {config.DATA_DIR_VARIABLE}={shlex.quote(str(args.data_dir.resolve()))}", file=sys.stderr)
     return 0
 
 

@@ -51,8 +51,8 @@ def read_run(run_dir: Path) -> tuple[dict, dict, dict]:
         try:
             contents.append(json.loads(files[name].read_text()))
         except json.JSONDecodeError as error:
-            raise SystemExit(f"{files[name]}: not valid JSON ({error}). Resume the run with the command that "
-                             "started it (`python train.py --output-dir RUN_DIR ...`) to write it again.") from error
+            raise SystemExit(f"{files[name]}: not valid JSON ({error}). Restore it from a backup, or train "
+                             "into a new --output-dir (`python train.py --output-dir RUN_DIR ...`).") from error
     return tuple(contents)
 
 
@@ -225,4 +225,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as error:  # a missing split, image or data folder: the message says which
+        raise SystemExit(f"error: {error}") from None

@@ -14,7 +14,7 @@ import os
 import sys
 import typing
 
-from cxr.run_directory import CheckpointError
+from cxr.run_directory import CheckpointError, DamagedRunFile
 from cxr.training import TrainConfig, train
 
 
@@ -36,13 +36,13 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train as the command line says; return the exit status (1, with the message, if the data cannot be
-    read or an epoch could not be saved)."""
+    """Train as the command line says; return the exit status (1, with the message, if a file it needs is
+    missing or damaged, or an epoch could not be saved)."""
     cfg = parse_config(argv)
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     try:
         summary = train(cfg)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:  # their messages say what to do
+    except (CheckpointError, DamagedRunFile, FileNotFoundError) as error:  # their messages say what to do
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

@@ -24,8 +24,8 @@ from cxr import model as cxr_model
 from cxr.fast_layers import resolve_precision
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_SETTINGS = config.MODEL_DIR / "densenet121_cxr14.json"
-SHIPPED_WEIGHTS = config.MODEL_DIR / "densenet121_cxr14.weights.h5"
+SHIPPED_SETTINGS = config.SHIPPED_MODEL.with_suffix(".json")
+SHIPPED_WEIGHTS = config.SHIPPED_MODEL.with_suffix(".weights.h5")
 TOLERANCE = 1e-3  # largest accepted |probability difference| from plain model.predict
 INFERENCE_BATCH = 32
 TRAIN_SIZE, TRAIN_BATCH = 224, 16

@@ -42,7 +42,7 @@ def metadata_features(frame: pd.DataFrame, data_dir: str | Path | None = None) -
     absent = [column for column in ("Follow-up #", "Patient Age", "Patient Gender") if column not in table]
     if absent:
         raise ValueError(f"{label_file}: missing column(s) {absent}. {remedy}")
-    table = table.assign(line=table.index + 2).set_index("Image Index")  # line 1 is the header
+    table = table.assign(line=table.index).set_index("Image Index")
     missing = sorted(set(frame["Image"]) - set(table.index))
     if missing:
         raise ValueError(f"{label_file} does not list {len(missing)} image(s) of the split, e.g. {missing[:3]}.")
@@ -52,8 +52,10 @@ def metadata_features(frame: pd.DataFrame, data_dir: str | Path | None = None) -
         numbers[column] = pd.to_numeric(rows[column], errors="coerce")
         if numbers[column].isna().any():
             image = numbers[column].isna().idxmax()
+            value = rows.at[image, column]
+            shown = "is empty" if pd.isna(value) else f"{value!r} is not a number"
             raise ValueError(f"{label_file} line {rows.at[image, 'line']} (Image Index {image}): {column!r} "
-                             f"{rows.at[image, column]!r} is not a number. {remedy}")
+                             f"{shown}. {remedy}")
     return pd.DataFrame(
         {
             "AP view": (rows["View Position"] == "AP").astype(float).to_numpy(),

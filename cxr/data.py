@@ -52,7 +52,8 @@ def read_label_file(path: str | Path) -> pd.DataFrame:
     """Read the NIH label file (``.csv`` or ``.csv.gz``) and check the columns and values we need.
 
     Returns:
-        the table, with ``Patient ID`` as integers.
+        the table, with ``Patient ID`` as integers, indexed by the line of each row in the file (the
+        header is line 1), which error messages name.
 
     Raises:
         FileNotFoundError: if the file is missing, saying where to get it.
@@ -66,7 +67,7 @@ def read_label_file(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"Label file {path} not found. Download Data_Entry_2017_v2020.csv {fetch}.")
     table = read_csv(path, LABEL_FILE_COLUMNS, f"Download Data_Entry_2017_v2020.csv again {fetch}.")
-    line = table.index + 2  # the line of each row in the file; the header is line 1
+    table.index = line = table.index + 2
     patients = pd.to_numeric(table["Patient ID"], errors="coerce")
     # An empty patient would silently drop the image from every split (and make every ID a float).
     invalid = patients.isna() | (patients % 1 != 0)
@@ -183,8 +184,6 @@ def build_metadata(data_dir: str | Path | None = None, labels: tuple[str, ...] =
             file_of_image.update({path.name: path for path in folder.iterdir()})
     present = table[table["Image Index"].isin(file_of_image)].copy()
     present["Resolution"] = [image_side(file_of_image[name]) for name in present["Image Index"]]
-    # The CSV line number (header is line 1) names the row in error messages, as in read_label_file.
-    present.index = present.index + 2
     findings = findings_to_columns(present["Finding Labels"], labels, source=str(label_file))
     metadata = pd.concat(
         [
@@ -353,11 +352,16 @@ def read_split(name: str, split_dir: str | Path = config.SPLIT_DIR) -> pd.DataFr
     expected |= {label: "0 or 1" for label in (*config.LABELS, config.NO_FINDING) if label in table}
     for column, meaning in expected.items():
         values = pd.to_numeric(table[column], errors="coerce")
-        good = values.isin((0, 1)) if meaning == "0 or 1" else (values >= 0) & (values == values.round())
+        if meaning == "0 or 1":
+            good = values.isin((0, 1))
+        else:  # and small enough to be an integer, not an overflow
+            good = values.between(0, 2**31) & (values == values.round())
         if not good.all():
             first = (~good).idxmax()
-            raise ValueError(f"{path}, line {first + 2}, column {column!r}: {table.at[first, column]!r} is not "
-                             f"{meaning} ({int((~good).sum())} such row(s)). {remedy}")
+            value = table.at[first, column]
+            shown = "an empty cell" if pd.isna(value) else repr(value)
+            raise ValueError(f"{path} line {first + 2} (Image {table.at[first, 'Image']}), column {column!r}: "
+                             f"{shown} is not {meaning} ({int((~good).sum())} such row(s)). {remedy}")
     return table.astype({column: int for column in expected})
 
 

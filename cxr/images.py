@@ -133,7 +133,7 @@ def load_images(
         images: (N, size, size) uint8 array; rows: the rows of ``frame`` that were loaded.
 
     Raises:
-        FileNotFoundError / ImageReadError naming the table, its row and the file.
+        FileNotFoundError / ImageReadError naming the table, the image and the file.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -151,8 +151,7 @@ def load_images(
             images.append(read_image(path, size, blur))
             kept.append(position)
         except (FileNotFoundError, ImageReadError) as error:
-            # CSV line = position + 2 (the header is line 1).
-            message = f"{source} line {position + 2} (Image={row['Image']}): {error}"
+            message = f"{source}, Image {row['Image']}: {error}"
             if on_error == "raise":
                 raise type(error)(message + " Re-download the file or remove its row.") from error
             warnings.warn(message + " Skipped.", stacklevel=2)

@@ -345,7 +345,7 @@ class ShippedModel:
 
     @property
     def thresholds(self) -> dict[str, float] | None:
-        """The validated (90% specificity) thresholds, or None if the JSON has none (or none usable)."""
+        """The validated (90% specificity) thresholds, or None if the JSON has none."""
         return card_thresholds(self.card)
 
     @classmethod

@@ -53,6 +53,10 @@ class CheckpointError(RuntimeError):
     """An epoch could not be saved (a full disk, say); the last committed state is intact."""
 
 
+class DamagedRunFile(ValueError):
+    """A JSON file of a run directory cannot be read (the run writes them atomically: something else did it)."""
+
+
 class RunDirectory:
     """The files of one training run.
 
@@ -310,7 +314,14 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON in ``path``, None if there is no such file; DamagedRunFile naming it if it is not JSON."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DamagedRunFile(f"{path} is not valid JSON ({error}): restore it from a backup, or train into "
+                                "a new --output-dir.") from error
 
 
 def _plain(value):

@@ -276,6 +276,8 @@ def train(cfg: TrainConfig) -> dict:
 
     Raises:
         cxr.run_directory.CheckpointError: if an epoch could not be saved; the committed state is intact.
+        cxr.run_directory.DamagedRunFile: naming a file of the run directory that is not valid JSON.
+        FileNotFoundError: naming the data, split or run file that is missing.
     """
     strategy = make_strategy(cfg.strategy)  # first: multi-worker training sets up its collectives at startup
     run = RunDirectory.for_strategy(cfg.output_dir, strategy)

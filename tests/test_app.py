@@ -128,9 +128,8 @@ def test_preprocessing_and_calibration_are_the_notebooks(predictor, test_image, 
         assert not np.allclose(expected, scores[0], atol=1e-3), "the calibration changed nothing"
 
 
-def test_standardisation_comes_from_the_json(predictor, settings_without_thresholds):
+def test_image_size_comes_from_the_json(predictor, settings_without_thresholds):
     settings = json.loads(model_files(settings_without_thresholds)[0].read_text())
-    assert settings["standardisation"] == PER_IMAGE and predictor.statistics == PER_IMAGE
     assert predictor.image_size == settings["image_size"] == predictor.model.input_shape[1]
 
 

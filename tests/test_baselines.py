@@ -159,7 +159,7 @@ def large_originals(nih_dir):
 def test_the_shipped_preprocessing_leaves_no_trace_of_the_size_an_image_arrived_at(large_originals):
     # The same images arriving at 512 or 320 px. Through the shipped model's preprocessing (by way of
     # 256 px, then its blur) the classifier is near chance: 0.51 to 0.54 over four splittings (models/README.md).
-    size, blur = (read_card(config.MODEL_DIR / "densenet121_cxr14.json")[field] for field in ("image_size", "blur"))
+    size, blur = (read_card(config.SHIPPED_MODEL.with_suffix(".json"))[field] for field in ("image_size", "blur"))
     shipped = shortcuts.controlled_origin_auroc(large_originals, lambda x: images.to_model_size(x, size, blur), 320,
                                                 seed=config.SEED)
     assert shipped < 0.55, shipped

@@ -32,6 +32,14 @@ def test_read_label_file_reads_plain_and_gzipped_csv(tmp_path, suffix):
     table = data.read_label_file(path)
     assert list(table["Image Index"]) == HEADER["Image Index"]
     assert list(table["Patient ID"]) == [1, 2]
+    assert list(table.index) == [2, 3]  # each row's line in the file, for error messages
+
+
+def test_findings_of_the_label_file_name_the_line_of_an_unknown_finding(tmp_path):
+    path = tmp_path / "labels.csv"
+    pd.DataFrame(HEADER).assign(**{"Finding Labels": ["Mass", "Pneumonitis"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="labels.csv line 3: unknown finding 'Pneumonitis'"):
+        data.findings_to_columns(data.read_label_file(path)["Finding Labels"], source=str(path))
 
 
 @pytest.mark.parametrize("column", data.LABEL_FILE_COLUMNS)
@@ -410,7 +418,9 @@ def test_read_expert_labels_names_the_file_and_the_unexpected_values(tmp_path):
 @pytest.mark.parametrize(
     "column, value, expected",
     [("Cardiomegaly", "yes", "0 or 1"), ("Cardiomegaly", "", "0 or 1"), ("Cardiomegaly", "2", "0 or 1"),
-     ("Resolution", "512px", "a whole number"), ("PatientId", "", "a whole number")],
+     ("Resolution", "512px", "a whole number"), ("PatientId", "", "a whole number"),
+     ("PatientId", "inf", "a whole number"), ("PatientId", "1e25", "a whole number"),
+     ("PatientId", "2.5", "a whole number")],
 )
 def test_split_file_with_a_bad_value_names_the_line_and_the_column(tmp_path, column, value, expected):
     frame = pd.DataFrame({"Image": ["00000001_000.png", "00000002_000.png"], "PatientId": ["1", "2"],
@@ -419,11 +429,15 @@ def test_split_file_with_a_bad_value_names_the_line_and_the_column(tmp_path, col
     frame.to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(ValueError) as caught:
         data.read_split("train", tmp_path)
-    assert f"train.csv, line 3, column {column!r}" in str(caught.value) and expected in str(caught.value)
+    message = str(caught.value)
+    assert f"train.csv line 3 (Image 00000002_000.png), column {column!r}: " in message and expected in message
+    assert ("an empty cell" in message) == (value == "")
 
 
 def test_split_file_values_are_read_as_integers(tmp_path):
-    frame = pd.DataFrame({"Image": ["00000001_000.png"], "PatientId": [1], "Resolution": [512], "Cardiomegaly": [1]})
+    frame = pd.DataFrame({"Image": ["00000001_000.png"], "PatientId": [1.0], "Resolution": [512.0],
+                          "Cardiomegaly": [1.0]})  # as a tool that writes floats would save it
     frame.to_csv(tmp_path / "train.csv", index=False)
     table = data.read_split("train", tmp_path)
     assert table[["PatientId", "Resolution", "Cardiomegaly"]].dtypes.map(pd.api.types.is_integer_dtype).all()
+    assert table.loc[0, ["PatientId", "Resolution", "Cardiomegaly"]].tolist() == [1, 512, 1]

@@ -275,7 +275,7 @@ def test_cli_says_how_to_point_the_project_at_a_folder_it_would_not_read(tmp_pat
     if exported:
         monkeypatch.setenv(config.DATA_DIR_VARIABLE, str(tmp_path))
     assert download_data.main(["--data-dir", str(tmp_path)]) == 0
-    advice = f"export {config.DATA_DIR_VARIABLE}={tmp_path}"
+    advice = f"export {config.DATA_DIR_VARIABLE}={tmp_path.resolve()}"
     assert (advice in capsys.readouterr().err) != exported
 
 

@@ -69,7 +69,7 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("missing_position", [0, 1, 3])
-def test_missing_image_names_table_row_and_file(tmp_path, missing_position):
+def test_missing_image_names_table_image_and_file(tmp_path, missing_position):
     names = [f"0000000{i}_000.png" for i in range(4)]
     frame, _ = make_data_dir(tmp_path, names)
     (tmp_path / config.FULL_RESOLUTION_DIR / names[missing_position]).unlink()
@@ -78,10 +78,8 @@ def test_missing_image_names_table_row_and_file(tmp_path, missing_position):
         load_images(frame, tmp_path, size=8, source=SOURCE)
 
     message = str(caught.value)
-    assert SOURCE in message
-    # CSV line number: the header is line 1, so the first data row is line 2.
-    assert f"line {missing_position + 2} " in message
-    assert names[missing_position] in message
+    assert f"{SOURCE}, Image {names[missing_position]}: " in message
+    assert str(tmp_path / config.FULL_RESOLUTION_DIR / names[missing_position]) in message  # the file
 
 
 def test_missing_image_is_skipped_with_warning_when_on_error_is_skip(tmp_path):
@@ -89,7 +87,7 @@ def test_missing_image_is_skipped_with_warning_when_on_error_is_skip(tmp_path):
     frame, values = make_data_dir(tmp_path, names)
     (tmp_path / config.FULL_RESOLUTION_DIR / names[1]).unlink()
 
-    with pytest.warns(UserWarning, match=r"line 3 .*00000002_000\.png"):
+    with pytest.warns(UserWarning, match=r", Image 00000002_000\.png: .* Skipped"):
         images, rows = load_images(frame, tmp_path, size=8, source=SOURCE, on_error="skip")
 
     assert list(rows["Image"]) == [names[0], names[2]]
@@ -138,7 +136,7 @@ def test_unreadable_file_raises_image_read_error_naming_the_file(tmp_path, make_
 
 
 @pytest.mark.parametrize("make_bad_file", list(BAD_FILES.values()), ids=list(BAD_FILES))
-def test_unreadable_file_in_table_names_table_row_and_file(tmp_path, make_bad_file):
+def test_unreadable_file_in_table_names_table_image_and_file(tmp_path, make_bad_file):
     names = ["00000001_000.png", "00000002_000.png", "00000003_000.png"]
     frame, _ = make_data_dir(tmp_path, names)
     make_bad_file(tmp_path / config.FULL_RESOLUTION_DIR / names[2])
@@ -147,7 +145,7 @@ def test_unreadable_file_in_table_names_table_row_and_file(tmp_path, make_bad_fi
         load_images(frame, tmp_path, size=8, source=SOURCE)
 
     message = str(caught.value)
-    assert SOURCE in message and "line 4 " in message and names[2] in message
+    assert f"{SOURCE}, Image {names[2]}: " in message
     # ImageReadError is a ValueError, so callers catching ValueError also see it.
     assert isinstance(caught.value, ValueError)
 
@@ -157,7 +155,7 @@ def test_corrupt_file_is_skipped_with_warning_when_on_error_is_skip(tmp_path):
     frame, values = make_data_dir(tmp_path, names)
     truncated_png(tmp_path / config.FULL_RESOLUTION_DIR / names[0])
 
-    with pytest.warns(UserWarning, match=r"line 2 .*00000001_000\.png"):
+    with pytest.warns(UserWarning, match=r", Image 00000001_000\.png: .* Skipped"):
         images, rows = load_images(frame, tmp_path, size=8, on_error="skip")
 
     assert list(rows["Image"]) == [names[1]]

@@ -61,7 +61,7 @@ def test_export_names_what_an_unfinished_run_lacks(tmp_path, monkeypatch):
 def test_export_names_a_run_file_that_is_not_json(tmp_path, monkeypatch):
     for name in ("config.json", "state.json", "normalisation.json", "best.weights.h5"):
         (tmp_path / name).write_text("{}")
-    (tmp_path / "state.json").write_text('{"epoch": ')  # cut off mid-write
+    (tmp_path / "state.json").write_text('{"epoch": ')  # damaged: the run writes it atomically
     monkeypatch.setattr(sys, "argv", ["export_model.py", str(tmp_path)])
     with pytest.raises(SystemExit, match=rf"{tmp_path / 'state.json'}: not valid JSON .*train.py"):
         export_model.main()
@@ -75,7 +75,16 @@ def test_split_data_reports_a_bad_split_file_without_a_traceback(tmp_path, monke
     valid.to_csv(tmp_path / "valid.csv", index=False)
     monkeypatch.setattr(sys, "argv", ["split_data.py", "--output-dir", str(tmp_path)])
     assert split_data.main() == 1
-    assert f"error: {tmp_path / 'valid.csv'}, line 6, column 'Effusion': 'yes'" in capsys.readouterr().err
+    expected = f"error: {tmp_path / 'valid.csv'} line 6 (Image {valid.loc[4, 'Image']}), column 'Effusion': 'yes'"
+    assert expected in capsys.readouterr().err
+
+
+def test_train_names_a_damaged_run_file_without_a_traceback(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.json").write_text('{"epoch": ')
+    assert train.main(["--output-dir", str(run), "--epochs", "1", "--image-size", "32"]) == 1
+    assert f"error: {run / 'state.json'} is not valid JSON" in capsys.readouterr().err
 
 
 def test_train_reports_a_missing_data_directory_without_a_traceback(tmp_path, capsys):
