@@ -55,7 +55,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Keras 3 computes batch normalisation as separate reductions and elementwise ops, and their
     gradients as many more; DenseNet121 has 121 batch norms, most over a whole concatenated feature
     map. The fused op does each in one pass each way and takes bfloat16 input directly: a 224-px
-    training step on the CPU is about 1.3x faster (bench/RESULTS.md).
+    training step on the CPU is about 1.3 to 1.4x faster (bench/RESULTS.md).
     """
 
     def call(self, inputs, training=None, mask=None):
