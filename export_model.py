@@ -16,14 +16,13 @@ precision, which is refused if it costs 0.002 mean AUROC or more on either split
 
 import argparse
 import datetime
-import json
 import tempfile
 from pathlib import Path
 
 from cxr import baselines, calibration, config, data, evaluation, gradcam, images, thresholds
 from cxr import model as cxr_model
 from cxr.inference import PER_IMAGE, TRAINING_STATISTICS, ShippedModel, predict
-from cxr.run_directory import RunDirectory
+from cxr.run_directory import DamagedRunFile, RunDirectory, read_json
 from cxr.training import LOCATION_SETTINGS, TrainConfig, load_split
 
 FLOAT16_TOLERANCE = 0.002  # largest mean-AUROC loss accepted for half-precision weights
@@ -46,14 +45,11 @@ def read_run(run_dir: Path) -> tuple[dict, dict, dict]:
             f"{run_dir} is not a finished training run: {', '.join(missing)} missing. Train (or resume) it "
             "with `python train.py --output-dir RUN_DIR` until an epoch is committed."
         )
-    contents = []
-    for name in (RunDirectory.CONFIG, RunDirectory.STATE, RunDirectory.NORMALISATION):
-        try:
-            contents.append(json.loads(files[name].read_text()))
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"{files[name]}: not valid JSON ({error}). Restore it from a backup, or train "
-                             "into a new --output-dir (`python train.py --output-dir RUN_DIR ...`).") from error
-    return tuple(contents)
+    try:
+        return tuple(read_json(files[name]) for name in (RunDirectory.CONFIG, RunDirectory.STATE,
+                                                         RunDirectory.NORMALISATION))
+    except DamagedRunFile as error:
+        raise SystemExit(str(error)) from error
 
 
 def choose_gradcam_layer(network, valid: images.Split, statistics, labels: list[str], data_dir: Path):

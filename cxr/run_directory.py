@@ -90,10 +90,10 @@ class RunDirectory:
 
     def read_state(self) -> dict:
         """The training state committed in the run; {} if there is none."""
-        return _read_json(self.path / self.STATE) or {}
+        return read_json(self.path / self.STATE) or {}
 
     def read_summary(self) -> dict | None:
-        return _read_json(self.path / self.SUMMARY)
+        return read_json(self.path / self.SUMMARY)
 
     def resumable_state(self, settings: dict) -> dict:
         """The state committed in the run ({} for a new run), once checked that ``settings`` can resume it.
@@ -106,7 +106,7 @@ class RunDirectory:
         if not state:
             return state
         start_afresh = "or start the run afresh with a new --output-dir"
-        saved = _read_json(self.path / self.CONFIG)
+        saved = read_json(self.path / self.CONFIG)
         if saved is None:
             raise FileNotFoundError(
                 f"{self.path} holds a run ({self.STATE} after epoch {state['epoch']}) without its {self.CONFIG}, "
@@ -247,7 +247,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         except OSError as error:
             # Stop after this epoch rather than raise through fit(): the other callbacks close their files.
             self.model.stop_training = True
-            committed = _read_json(self.run.own / RunDirectory.STATE) or {}
+            committed = read_json(self.run.own / RunDirectory.STATE) or {}
             self.run.remove_leftovers(committed)  # what the failed writes left, freeing their space
             where = f"{RunDirectory.STATE}: epoch {committed['epoch']}" if committed else "no epoch committed yet"
             self.failure = CheckpointError(
@@ -313,15 +313,15 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     """The JSON in ``path``, None if there is no such file; DamagedRunFile naming it if it is not JSON."""
     if not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise DamagedRunFile(f"{path} is not valid JSON ({error}): restore it from a backup, or train into "
-                                "a new --output-dir.") from error
+        raise DamagedRunFile(f"{path}: not valid JSON ({error}). Restore it from a backup, or train into a new "
+                             "--output-dir (`python train.py --output-dir RUN_DIR ...`).") from error
 
 
 def _plain(value):

@@ -84,7 +84,7 @@ def test_train_names_a_damaged_run_file_without_a_traceback(tmp_path, capsys):
     run.mkdir()
     (run / "state.json").write_text('{"epoch": ')
     assert train.main(["--output-dir", str(run), "--epochs", "1", "--image-size", "32"]) == 1
-    assert f"error: {run / 'state.json'} is not valid JSON" in capsys.readouterr().err
+    assert f"error: {run / 'state.json'}: not valid JSON" in capsys.readouterr().err
 
 
 def test_train_reports_a_missing_data_directory_without_a_traceback(tmp_path, capsys):
