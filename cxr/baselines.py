@@ -38,10 +38,7 @@ def metadata_features(frame: pd.DataFrame, data_dir: str | Path | None = None) -
     """
     label_file = config.data_dir(data_dir) / config.LABEL_FILE
     remedy = "The metadata baseline needs the official Data_Entry_2017_v2020.csv."
-    table = data.read_label_file(label_file)
-    absent = [column for column in ("Follow-up #", "Patient Age", "Patient Gender") if column not in table]
-    if absent:
-        raise ValueError(f"{label_file}: missing column(s) {absent}. {remedy}")
+    table = data.read_label_file(label_file, ("Follow-up #", "Patient Age", "Patient Gender"))
     table = table.assign(line=table.index).set_index("Image Index")
     missing = sorted(set(frame["Image"]) - set(table.index))
     if missing:

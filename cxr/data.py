@@ -48,8 +48,9 @@ def read_csv(path: Path, columns: tuple[str, ...], remedy: str, **options) -> pd
     return table
 
 
-def read_label_file(path: str | Path) -> pd.DataFrame:
-    """Read the NIH label file (``.csv`` or ``.csv.gz``) and check the columns and values we need.
+def read_label_file(path: str | Path, extra_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read the NIH label file (``.csv`` or ``.csv.gz``) and check the columns and values we need:
+    ``LABEL_FILE_COLUMNS`` and the caller's ``extra_columns``.
 
     Returns:
         the table, with ``Patient ID`` as integers, indexed by the line of each row in the file (the
@@ -66,7 +67,7 @@ def read_label_file(path: str | Path) -> pd.DataFrame:
     fetch = f"by hand from the NIH box folder {BOX_FOLDER_URL} (see README.md) into {path.parent} and gzip it"
     if not path.is_file():
         raise FileNotFoundError(f"Label file {path} not found. Download Data_Entry_2017_v2020.csv {fetch}.")
-    table = read_csv(path, LABEL_FILE_COLUMNS, f"Download Data_Entry_2017_v2020.csv again {fetch}.")
+    table = read_csv(path, (*LABEL_FILE_COLUMNS, *extra_columns), f"Download Data_Entry_2017_v2020.csv again {fetch}.")
     table.index = line = table.index + 2
     patients = pd.to_numeric(table["Patient ID"], errors="coerce")
     # An empty patient would silently drop the image from every split (and make every ID a float).
