@@ -43,16 +43,9 @@ def metadata_features(frame: pd.DataFrame, data_dir: str | Path | None = None) -
     missing = sorted(set(frame["Image"]) - set(table.index))
     if missing:
         raise ValueError(f"{label_file} does not list {len(missing)} image(s) of the split, e.g. {missing[:3]}.")
-    rows = table.loc[frame["Image"]]
-    numbers = {}
-    for column in ("Follow-up #", "Patient Age"):
-        numbers[column] = pd.to_numeric(rows[column], errors="coerce")
-        if numbers[column].isna().any():
-            image = numbers[column].isna().idxmax()
-            value = rows.at[image, column]
-            shown = "is empty" if pd.isna(value) else f"{value!r} is not a number"
-            raise ValueError(f"{label_file} line {rows.at[image, 'line']} (Image Index {image}): {column!r} "
-                             f"{shown}. {remedy}")
+    rows = table.loc[frame["Image"]].reset_index()
+    numbers = {column: data.checked_numbers(rows, column, label_file, rows["line"], "Image Index", remedy=remedy)
+               for column in ("Follow-up #", "Patient Age")}
     return pd.DataFrame(
         {
             "AP view": (rows["View Position"] == "AP").astype(float).to_numpy(),

@@ -1,4 +1,4 @@
-"""The arrays that evaluation and thresholds take: checked once, here.
+"""The arrays that evaluation and thresholds take, and the numbers that settings take: checked once, here.
 
 Conventions: ``y_true`` is an (N, C) 0/1 array, ``y_score`` an (N, C) array of scores, ``labels`` the
 C finding names in column order. A class with no positive or no negative case has no AUROC and no
@@ -7,9 +7,17 @@ threshold of its own.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
+
+
+def is_number(value, low: float = -math.inf, high: float = math.inf) -> bool:
+    """Whether ``value`` is a real number from ``low`` to ``high``: not a bool, not NaN, not infinite."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return real and math.isfinite(value) and bool(low <= value <= high)
 
 
 def as_label_matrix(y_true: np.ndarray, name: str = "y_true") -> np.ndarray:

@@ -4,6 +4,8 @@ splits, leakage checks and class frequencies."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,37 @@ def read_csv(path: Path, columns: tuple[str, ...], remedy: str, **options) -> pd
     return table
 
 
+@dataclass(frozen=True)
+class NumberKind:
+    """What a numeric column must hold: its name in messages, and the test of its (coerced) values."""
+
+    meaning: str
+    accepts: Callable[[pd.Series], pd.Series]
+
+
+NUMBER = NumberKind("a number", pd.Series.notna)
+# and small enough to be an integer, not an overflow
+WHOLE_NUMBER = NumberKind("a whole number", lambda values: values.between(0, 2**31) & (values == values.round()))
+ZERO_OR_ONE = NumberKind("0 or 1", lambda values: values.isin((0, 1)))
+
+
+def checked_numbers(
+    table: pd.DataFrame, column: str, path, lines, image_column: str, kind: NumberKind = NUMBER, remedy: str = ""
+) -> pd.Series:
+    """``table[column]`` as numbers, or a ValueError naming the file, the line (``lines``: one per row) and
+    image of the first row that is empty or not ``kind``, the column, and how many rows are wrong."""
+    values = pd.to_numeric(table[column], errors="coerce")
+    good = kind.accepts(values)
+    if not good.all():
+        row = int((~good).to_numpy().argmax())
+        value = table[column].iloc[row]
+        shown = "an empty cell" if pd.isna(value) else repr(value)
+        where = f"{path} line {np.asarray(lines)[row]} ({image_column} {table[image_column].iloc[row]})"
+        raise ValueError(f"{where}, column {column!r}: {shown} is not {kind.meaning} "
+                         f"({int((~good).sum())} such row(s)). {remedy}")
+    return values
+
+
 def read_label_file(path: str | Path, extra_columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """Read the NIH label file (``.csv`` or ``.csv.gz``) and check the columns and values we need:
     ``LABEL_FILE_COLUMNS`` and the caller's ``extra_columns``.
@@ -69,17 +102,10 @@ def read_label_file(path: str | Path, extra_columns: tuple[str, ...] = ()) -> pd
         raise FileNotFoundError(f"Label file {path} not found. Download Data_Entry_2017_v2020.csv {fetch}.")
     table = read_csv(path, (*LABEL_FILE_COLUMNS, *extra_columns), f"Download Data_Entry_2017_v2020.csv again {fetch}.")
     table.index = line = table.index + 2
-    patients = pd.to_numeric(table["Patient ID"], errors="coerce")
     # An empty patient would silently drop the image from every split (and make every ID a float).
-    invalid = patients.isna() | (patients % 1 != 0)
-    if invalid.any():
-        row = invalid.to_numpy().argmax()
-        value = table["Patient ID"].iloc[row]
-        problem = "empty 'Patient ID'" if pd.isna(value) else f"'Patient ID' {value!r} is not a whole number"
-        raise ValueError(
-            f"{path} line {line[row]} (Image Index {table['Image Index'].iloc[row]}): {problem}; "
-            "every row needs the patient's number. Fix the row or use the official Data_Entry_2017_v2020.csv."
-        )
+    patients = checked_numbers(table, "Patient ID", path, line, "Image Index", WHOLE_NUMBER,
+                               "Every row needs the patient's number: fix the row or use the official "
+                               "Data_Entry_2017_v2020.csv.")
     table["Patient ID"] = patients.astype("int64")
     repeated = table["Image Index"].duplicated(keep=False).to_numpy()
     if repeated.any():
@@ -349,20 +375,10 @@ def read_split(name: str, split_dir: str | Path = config.SPLIT_DIR) -> pd.DataFr
     remedy = "Write the splits again with `python split_data.py`."
     table = read_csv(path, SPLIT_COLUMNS, remedy)
     # An empty cell or a "yes" would otherwise become NaN, or a bare conversion error far from here.
-    expected = {"PatientId": "a whole number", "Resolution": "a whole number"}
-    expected |= {label: "0 or 1" for label in (*config.LABELS, config.NO_FINDING) if label in table}
-    for column, meaning in expected.items():
-        values = pd.to_numeric(table[column], errors="coerce")
-        if meaning == "0 or 1":
-            good = values.isin((0, 1))
-        else:  # and small enough to be an integer, not an overflow
-            good = values.between(0, 2**31) & (values == values.round())
-        if not good.all():
-            first = (~good).idxmax()
-            value = table.at[first, column]
-            shown = "an empty cell" if pd.isna(value) else repr(value)
-            raise ValueError(f"{path} line {first + 2} (Image {table.at[first, 'Image']}), column {column!r}: "
-                             f"{shown} is not {meaning} ({int((~good).sum())} such row(s)). {remedy}")
+    expected = {"PatientId": WHOLE_NUMBER, "Resolution": WHOLE_NUMBER}
+    expected |= {label: ZERO_OR_ONE for label in (*config.LABELS, config.NO_FINDING) if label in table}
+    for column, kind in expected.items():
+        checked_numbers(table, column, path, table.index + 2, "Image", kind, remedy)
     return table.astype({column: int for column in expected})
 
 

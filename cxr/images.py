@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from cxr import config, data
+from cxr import checks, config, data
 from cxr.files import atomic_write
 
 # Every image passes through this side before the model's size. The files come at 512, 320 and 256 px,
@@ -52,11 +50,6 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.BILINEAR))
 
 
-def is_blur(value) -> bool:
-    """Whether ``value`` can be a blur: a number of pixels, finite and not negative (0: no blur)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and bool(value >= 0)
-
-
 def to_model_size(pixels: np.ndarray, size: int, blur: float = 0.0) -> np.ndarray:
     """Bring a decoded image to (size, size) by way of CANONICAL_SIZE, whatever size it came in.
 
@@ -65,7 +58,7 @@ def to_model_size(pixels: np.ndarray, size: int, blur: float = 0.0) -> np.ndarra
     arrived smaller has been filtered once more on its way to 256 px. A blur of 1 px takes that band away
     (models/README.md measures it).
     """
-    if not is_blur(blur):
+    if not checks.is_number(blur, low=0):
         raise ValueError(f"blur must be a standard deviation of 0 or more pixels, got {blur}.")
     resized = resize(resize(pixels, CANONICAL_SIZE), size)
     if not blur:

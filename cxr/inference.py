@@ -32,8 +32,9 @@ import numpy as np
 import tensorflow as tf
 
 from cxr.calibration import calibrate
+from cxr.checks import is_number
 from cxr.files import atomic_write_all
-from cxr.images import is_blur, to_model_size
+from cxr.images import to_model_size
 from cxr.model import (
     LAST_CONV_LAYER,
     MINIMUM_IMAGE_SIZE,
@@ -224,7 +225,7 @@ def check_card(card: dict, path: str | Path) -> dict:
         problems.append(f"field 'image_size' must be a whole number of pixels, at least {MINIMUM_IMAGE_SIZE}, "
                         f"got {size!r}")
     blur = card.get("blur", 0.0)
-    if not is_blur(blur):
+    if not is_number(blur, low=0):
         problems.append(f"field 'blur' must be a standard deviation of 0 or more pixels, got {blur!r}")
     layer = card.get("gradcam_layer", LAST_CONV_LAYER)
     if not (isinstance(layer, str) and layer):
@@ -243,7 +244,7 @@ def check_card(card: dict, path: str | Path) -> dict:
         if not isinstance(thresholds, dict):
             problems.append(f"field {name!r} must map findings to thresholds, got {thresholds!r}")
             continue
-        wrong = {label: value for label, value in thresholds.items() if not _is_probability(value)}
+        wrong = {label: value for label, value in thresholds.items() if not is_number(value, 0.0, 1.0)}
         if wrong:  # a threshold of 1.5 would silently never flag its finding
             problems.append(f"field {name!r} must hold numbers from 0 to 1, got {wrong}")
     calibration = card.get("calibration")
@@ -278,11 +279,6 @@ def card_standardisation(card: dict) -> Standardisation:
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
         raise ValueError(f"field 'normalisation' needs a finite 'mean' and a positive 'std', got {normalisation!r}")
     return (mean, std)
-
-
-def _is_probability(value) -> bool:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return number and math.isfinite(value) and 0.0 <= value <= 1.0
 
 
 def card_thresholds(card: dict, rule: str = "specificity") -> dict[str, float] | None:

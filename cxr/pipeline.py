@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cxr.checks import is_number
 from cxr.inference import PER_IMAGE, Standardisation, standardise
 
 # Fixed parallelism instead of tf.data's autotuning: the images are already decoded in memory, and
@@ -31,7 +32,7 @@ class RandomGamma(keras.layers.Layer):
 
     def __init__(self, factor: float, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        if not (math.isfinite(factor) and factor >= 0):
+        if not is_number(factor, low=0):
             raise ValueError(f"factor must be 0 (no change) or more, got {factor}.")
         self.factor, self.seed = factor, seed
         self.seed_generator = keras.random.SeedGenerator(seed)

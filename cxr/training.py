@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxr import config, data, fast_layers, images, inference, losses, model, multi_worker, pipeline
+from cxr import checks, config, data, fast_layers, images, inference, losses, model, multi_worker, pipeline
 from cxr.run_directory import ResumableCheckpoint, RunDirectory
 
 # Settings that say where files are or how much to print, not how to train (left out of the model card).
@@ -98,9 +97,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
             raise ValueError(f"ema_momentum must lie between 0 and 1, got {self.ema_momentum}.")
-        if not images.is_blur(self.blur):
+        if not checks.is_number(self.blur, low=0):
             raise ValueError(f"--blur must be a standard deviation of 0 or more pixels, got {self.blur}.")
-        if not (math.isfinite(self.gamma) and self.gamma >= 0):
+        if not checks.is_number(self.gamma, low=0):
             raise ValueError(f"--gamma must be 0 (off) or more, got {self.gamma}.")
         for name in ("label_smoothing", "dropout"):
             if not 0 <= getattr(self, name) < 1:

@@ -69,7 +69,8 @@ def test_empty_patient_id_names_the_line_and_the_field(tmp_path):
     with pytest.raises(ValueError) as caught:
         data.read_label_file(path)
     message = str(caught.value)
-    assert f"{path} line 3" in message and "empty 'Patient ID'" in message and "00000002_000.png" in message
+    expected = "line 3 (Image Index 00000002_000.png), column 'Patient ID': an empty cell is not a whole number"
+    assert f"{path} {expected}" in message
 
 
 def test_patient_ids_written_as_floats_are_read_as_integers(tmp_path):

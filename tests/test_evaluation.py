@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from cxr import config, data, evaluation
+from cxr import checks, config, data, evaluation
 
 LABELS3 = ("A", "B", "C")
 
@@ -166,6 +166,16 @@ def test_no_bootstrap_gives_nan_interval():
 def test_bad_input_raises_value_error(y_true, y_score, labels, message):
     with pytest.raises(ValueError, match=message):
         evaluation.auroc_table(y_true, y_score, labels, n_bootstrap=10)
+
+
+@pytest.mark.parametrize(
+    "value, low, high, expected",
+    [(0, 0, np.inf, True), (1.5, 0, np.inf, True), (np.float32(0.5), 0, 1, True), (1, 0, 1, True),
+     (-0.1, 0, np.inf, False), (1.01, 0, 1, False), (float("nan"), 0, np.inf, False),
+     (float("inf"), 0, np.inf, False), (True, 0, 1, False), ("0.5", 0, 1, False), (None, 0, 1, False)],
+)
+def test_is_number_takes_finite_real_numbers_in_range_and_nothing_else(value, low, high, expected):
+    assert checks.is_number(value, low, high) is expected
 
 
 def test_groups_of_the_wrong_length_raise():
