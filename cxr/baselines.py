@@ -34,7 +34,7 @@ def metadata_features(frame: pd.DataFrame, data_dir: str | Path | None = None) -
 
     Raises:
         ValueError: naming the images the label file does not list, a column it lacks, or the line of
-            a follow-up number or an age that is not a number.
+            a follow-up number or an age that is not a finite number.
     """
     label_file = config.data_dir(data_dir) / config.LABEL_FILE
     remedy = "The metadata baseline needs the official Data_Entry_2017_v2020.csv."

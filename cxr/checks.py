@@ -16,8 +16,13 @@ import numpy as np
 
 def is_number(value, low: float = -math.inf, high: float = math.inf) -> bool:
     """Whether ``value`` is a real number from ``low`` to ``high``: not a bool, not NaN, not infinite."""
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    return real and math.isfinite(value) and bool(low <= value <= high)
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return False
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+    return finite and bool(low <= value <= high)
 
 
 def as_label_matrix(y_true: np.ndarray, name: str = "y_true") -> np.ndarray:

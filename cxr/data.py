@@ -58,9 +58,11 @@ class NumberKind:
     accepts: Callable[[pd.Series], pd.Series]
 
 
-NUMBER = NumberKind("a number", pd.Series.notna)
-# and small enough to be an integer, not an overflow
-WHOLE_NUMBER = NumberKind("a whole number", lambda values: values.between(0, 2**31) & (values == values.round()))
+NUMBER = NumberKind("a finite number", lambda values: pd.Series(np.isfinite(values), index=values.index))
+# Identifiers and sizes: no fraction, and small enough for a 32-bit integer rather than an overflow.
+WHOLE_NUMBER = NumberKind(
+    f"a whole number from 0 to {2**31 - 1:,}", lambda values: values.between(0, 2**31 - 1) & (values == values.round())
+)
 ZERO_OR_ONE = NumberKind("0 or 1", lambda values: values.isin((0, 1)))
 
 
@@ -74,6 +76,7 @@ def checked_numbers(
     if not good.all():
         row = int((~good).to_numpy().argmax())
         value = table[column].iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value  # 2, not np.int64(2)
         shown = "an empty cell" if pd.isna(value) else repr(value)
         where = f"{path} line {np.asarray(lines)[row]} ({image_column} {table[image_column].iloc[row]})"
         raise ValueError(f"{where}, column {column!r}: {shown} is not {kind.meaning} "
@@ -92,7 +95,8 @@ def read_label_file(path: str | Path, extra_columns: tuple[str, ...] = ()) -> pd
     Raises:
         FileNotFoundError: if the file is missing, saying where to get it.
         ValueError: naming the file, if it is not a readable CSV or lacks a required column; naming the
-            line and the field for an empty or non-integer ``Patient ID``; naming the image and both
+            line and the field for a ``Patient ID`` that is empty or not a whole number from 0 to
+            2**31 - 1; naming the image and both
             lines for an image listed twice.
     """
     path = Path(path)

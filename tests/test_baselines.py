@@ -106,11 +106,14 @@ def test_metadata_features_name_the_line_of_an_age_that_is_not_a_number(tmp_path
     _label_file(tmp_path, names)
     path = tmp_path / config.LABEL_FILE
     pd.read_csv(path).astype({"Patient Age": str}).replace({"60": "060Y"}).to_csv(path, index=False)
-    expected = r"line 3 \(Image Index 00000002_003.png\), column 'Patient Age': '060Y' is not a number"
+    expected = r"line 3 \(Image Index 00000002_003.png\), column 'Patient Age': '060Y' is not a finite number"
     with pytest.raises(ValueError, match=expected):
         baselines.metadata_features(pd.DataFrame({"Image": names}), tmp_path)
     with pytest.raises(ValueError, match=expected):  # the file's line, whatever the split's order
         baselines.metadata_features(pd.DataFrame({"Image": names[::-1]}), tmp_path)
+    pd.read_csv(path).astype({"Patient Age": str}).replace({"060Y": "inf"}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"'Patient Age': inf is not a finite number"):
+        baselines.metadata_features(pd.DataFrame({"Image": names}), tmp_path)
 
 
 def test_thumbnail_features_are_32x32_images_standardised_one_by_one():

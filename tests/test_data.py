@@ -73,6 +73,13 @@ def test_empty_patient_id_names_the_line_and_the_field(tmp_path):
     assert f"{path} {expected}" in message
 
 
+def test_negative_patient_id_is_refused_with_the_range(tmp_path):
+    path = tmp_path / "labels.csv"
+    pd.DataFrame({**HEADER, "Patient ID": [1, -5]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"column 'Patient ID': -5 is not a whole number from 0 to 2,147,483,647"):
+        data.read_label_file(path)
+
+
 def test_patient_ids_written_as_floats_are_read_as_integers(tmp_path):
     path = tmp_path / "labels.csv"
     pd.DataFrame({**HEADER, "Patient ID": [1.0, 2.0]}).to_csv(path, index=False)  # "1.0", "2.0" in the file
@@ -433,6 +440,8 @@ def test_split_file_with_a_bad_value_names_the_line_and_the_column(tmp_path, col
     message = str(caught.value)
     assert f"train.csv line 3 (Image 00000002_000.png), column {column!r}: " in message and expected in message
     assert ("an empty cell" in message) == (value == "")
+    if value == "2":  # a number read as such is shown as written, not as a NumPy scalar
+        assert "column 'Cardiomegaly': 2 is not 0 or 1" in message
 
 
 def test_split_file_values_are_read_as_integers(tmp_path):

@@ -172,7 +172,8 @@ def test_bad_input_raises_value_error(y_true, y_score, labels, message):
     "value, low, high, expected",
     [(0, 0, np.inf, True), (1.5, 0, np.inf, True), (np.float32(0.5), 0, 1, True), (1, 0, 1, True),
      (-0.1, 0, np.inf, False), (1.01, 0, 1, False), (float("nan"), 0, np.inf, False),
-     (float("inf"), 0, np.inf, False), (True, 0, 1, False), ("0.5", 0, 1, False), (None, 0, 1, False)],
+     (float("inf"), 0, np.inf, False), (True, 0, 1, False), ("0.5", 0, 1, False), (None, 0, 1, False),
+     (10**400, 0, np.inf, False)],
 )
 def test_is_number_takes_finite_real_numbers_in_range_and_nothing_else(value, low, high, expected):
     assert checks.is_number(value, low, high) is expected
