@@ -35,23 +35,26 @@ CANDIDATE_LAYERS = (LAST_CONV_LAYER, "pool4_relu", "pool3_relu")
 class NoBoxes(ValueError):
     """None of the images has a box of a finding the model predicts."""
 
-# model -> {layer name: tf.function giving (feature maps, gradients)}; entries go with their model.
+# model -> {layer names: tf.function giving (feature maps, gradients)}; entries go with their model.
 _GRADIENT_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # --- heatmaps ------------------------------------------------------------------------------------
 
 
-def _gradient_function(model: keras.Model, layer_name: str):
-    """The cached tf.function mapping (1, H, W, 3) images and a class index to (maps, gradients)."""
-    per_layer = _GRADIENT_FUNCTIONS.setdefault(model, {})
-    if layer_name in per_layer:
-        return per_layer[layer_name]
-    try:
-        layer = model.get_layer(layer_name)
-    except ValueError as error:
-        raise ValueError(f"The model has no layer {layer_name!r} to take GradCAM from.") from error
-    gradient_model = keras.Model(model.inputs, [layer.output, model.output])
+def _gradient_function(model: keras.Model, layer_names: tuple[str, ...]):
+    """The cached tf.function mapping (1, H, W, 3) images and a class index to (maps, gradients): a list of
+    each, one per layer, from one forward and one backward pass."""
+    per_layers = _GRADIENT_FUNCTIONS.setdefault(model, {})
+    if layer_names in per_layers:
+        return per_layers[layer_names]
+    outputs = []
+    for layer_name in layer_names:
+        try:
+            outputs.append(model.get_layer(layer_name).output)
+        except ValueError as error:
+            raise ValueError(f"The model has no layer {layer_name!r} to take GradCAM from.") from error
+    gradient_model = keras.Model(model.inputs, [outputs, model.output])
 
     # No Python control flow inside: AutoGraph has nothing to convert, and converting this closure
     # for a second model prints a "closure mismatch" warning.
@@ -64,7 +67,7 @@ def _gradient_function(model: keras.Model, layer_name: str):
         gradients = tape.gradient(score, feature_maps, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return feature_maps, gradients
 
-    per_layer[layer_name] = maps_and_gradients
+    per_layers[layer_names] = maps_and_gradients
     return maps_and_gradients
 
 
@@ -86,6 +89,13 @@ def gradcam_heatmap(
         heatmap: (H, W) float32 in [0, 1]; vanished: True (and an all-zero heatmap) when the
         gradients are all zero or no position has positive evidence.
     """
+    return gradcam_heatmaps(model, image, class_index, (layer_name,))[layer_name]
+
+
+def gradcam_heatmaps(
+    model: keras.Model, image: np.ndarray, class_index: int, layer_names: Sequence[str]
+) -> dict[str, tuple[np.ndarray, bool]]:
+    """``gradcam_heatmap`` at several layers from one forward and one backward pass: {layer: (heatmap, vanished)}."""
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be one (H, W, 3) model-ready array, got shape {image.shape}.")
@@ -94,12 +104,22 @@ def gradcam_heatmap(
     num_classes = model.output_shape[-1]
     if not 0 <= int(class_index) < num_classes:
         raise ValueError(f"class_index {class_index} is outside the model's {num_classes} outputs.")
-    feature_maps, gradients = _gradient_function(model, layer_name)(
+    layer_names = tuple(layer_names)
+    all_maps, all_gradients = _gradient_function(model, layer_names)(
         tf.constant(image[np.newaxis]), tf.constant(int(class_index), dtype=tf.int32)
     )
-    feature_maps = feature_maps.numpy()[0].astype(np.float64)
-    gradients = gradients.numpy()[0].astype(np.float64)
-    height, width = image.shape[:2]
+    return {
+        name: _heatmap(name, maps.numpy()[0], gradients.numpy()[0], image.shape[:2])
+        for name, maps, gradients in zip(layer_names, all_maps, all_gradients)
+    }
+
+
+def _heatmap(
+    layer_name: str, feature_maps: np.ndarray, gradients: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, bool]:
+    """One layer's GradCAM from its (h, w, channels) maps and their gradients, at ``size``."""
+    feature_maps, gradients = feature_maps.astype(np.float64), gradients.astype(np.float64)
+    height, width = size
     vanished = np.zeros((height, width), np.float32), True
     if feature_maps.ndim != 3:
         raise ValueError(f"Layer {layer_name!r} gives {feature_maps.shape} outputs, not (h, w, channels) maps.")
@@ -224,6 +244,23 @@ def localisation_scores(
         One row per box: ``Image``, ``Finding``, ``x``, ``y``, ``w``, ``h`` (in model-input pixels),
         ``probability``, ``hit`` (pointing game), ``IoU`` and ``vanished``.
     """
+    return _localisation_scores_by_layer(
+        model, frame, images, statistics, labels, boxes, (layer_name,), threshold, box_size
+    )[layer_name]
+
+
+def _localisation_scores_by_layer(
+    model: keras.Model,
+    frame: pd.DataFrame,
+    images: np.ndarray,
+    statistics: Standardisation,
+    labels: Sequence[str],
+    boxes: pd.DataFrame,
+    layer_names: tuple[str, ...],
+    threshold: float,
+    box_size: float,
+) -> dict[str, pd.DataFrame]:
+    """``localisation_scores`` at several layers, one GradCAM pass per (image, finding) for all of them."""
     images = _check_images(images, model)
     if len(frame) != len(images):
         raise ValueError(f"{len(frame)} split rows but {len(images)} images.")
@@ -239,30 +276,30 @@ def localisation_scores(
     boxed = sorted(selected["Image"].unique())
     scores = predict(model, images[[position_of[name] for name in boxed]], statistics, verbose=0) if boxed else []
     probabilities_of = dict(zip(boxed, scores))
-    rows = []
+    rows = {layer_name: [] for layer_name in layer_names}
     for image_name, image_boxes in selected.groupby("Image", sort=True):
         model_input = standardise(images[position_of[image_name]][np.newaxis], statistics)
         probabilities = probabilities_of[image_name]
         heatmaps = {}
         for _, box in image_boxes.iterrows():
             class_index = names.index(box["Finding"])
-            # One heatmap per (image, finding), shared by that finding's boxes.
+            # One GradCAM pass per (image, finding), shared by that finding's boxes.
             if class_index not in heatmaps:
-                heatmaps[class_index] = gradcam_heatmap(model, model_input[0], class_index, layer_name)
-            heatmap, vanished = heatmaps[class_index]
+                heatmaps[class_index] = gradcam_heatmaps(model, model_input[0], class_index, layer_names)
             scaled = scale_box(box, box_size, size)
-            rows.append({
-                "Image": image_name, "Finding": box["Finding"],
-                **dict(zip("xywh", scaled)),
-                "probability": float(probabilities[class_index]),
-                "hit": pointing_game_hit(heatmap, scaled),
-                "IoU": box_iou(heatmap, scaled, threshold),
-                "vanished": vanished,
-                **pointing_baselines(scaled, size),
-            })
+            for layer_name, (heatmap, vanished) in heatmaps[class_index].items():
+                rows[layer_name].append({
+                    "Image": image_name, "Finding": box["Finding"],
+                    **dict(zip("xywh", scaled)),
+                    "probability": float(probabilities[class_index]),
+                    "hit": pointing_game_hit(heatmap, scaled),
+                    "IoU": box_iou(heatmap, scaled, threshold),
+                    "vanished": vanished,
+                    **pointing_baselines(scaled, size),
+                })
     columns = ["Image", "Finding", "x", "y", "w", "h", "probability", "hit", "IoU", "vanished",
                "random point hit", "centre hit"]
-    return pd.DataFrame(rows, columns=columns)
+    return {layer_name: pd.DataFrame(layer_rows, columns=columns) for layer_name, layer_rows in rows.items()}
 
 
 def choose_layer(
@@ -282,12 +319,12 @@ def choose_layer(
     Raises:
         NoBoxes: if none of the images has a box of a finding the model predicts.
     """
-    rates = {}
-    for layer in layers:
-        scores = localisation_scores(model, frame, images, statistics, labels, boxes, layer_name=layer)
-        if scores.empty:  # the same boxes for every layer: only the first can find none
-            raise NoBoxes("None of the images has a box of a finding the model predicts: no layer to choose.")
-        rates[layer] = float(scores["hit"].mean())
+    by_layer = _localisation_scores_by_layer(
+        model, frame, images, statistics, labels, boxes, tuple(layers), threshold=0.5, box_size=BOX_SOURCE_SIZE
+    )
+    if next(iter(by_layer.values())).empty:  # the same boxes for every layer
+        raise NoBoxes("None of the images has a box of a finding the model predicts: no layer to choose.")
+    rates = {layer: float(scores["hit"].mean()) for layer, scores in by_layer.items()}
     return max(layers, key=rates.get), rates  # max keeps the first of equal rates
 
 

@@ -102,11 +102,19 @@ def test_densenet_classes_give_different_maps(densenet):
 
 
 def test_gradient_model_is_built_once_per_model_and_layer(model, model_input):
-    first = gradcam._gradient_function(model, "relu")
+    first = gradcam._gradient_function(model, ("relu",))
     gradcam.gradcam_heatmap(model, model_input, 0)
     gradcam.gradcam_heatmap(model, model_input, 1)
-    assert gradcam._gradient_function(model, "relu") is first
-    assert gradcam._gradient_function(model, "conv") is not first
+    assert gradcam._gradient_function(model, ("relu",)) is first
+    assert gradcam._gradient_function(model, ("conv",)) is not first
+
+
+def test_heatmaps_of_several_layers_in_one_pass_are_each_layers_own(model, model_input):
+    together = gradcam.gradcam_heatmaps(model, model_input, 0, ("relu", "conv"))
+    for layer in ("relu", "conv"):
+        alone, vanished = gradcam.gradcam_heatmap(model, model_input, 0, layer)
+        np.testing.assert_allclose(together[layer][0], alone, atol=1e-6)
+        assert together[layer][1] == vanished
 
 
 def test_zero_classifier_weights_vanish_without_nan(model_input):
