@@ -58,7 +58,7 @@ class NumberKind:
     accepts: Callable[[pd.Series], pd.Series]
 
 
-NUMBER = NumberKind("a finite number", lambda values: pd.Series(np.isfinite(values), index=values.index))
+NUMBER = NumberKind("a finite number", np.isfinite)  # NaN (an empty or unreadable cell) is not finite
 # Identifiers and sizes: no fraction, and small enough for a 32-bit integer rather than an overflow.
 WHOLE_NUMBER = NumberKind(
     f"a whole number from 0 to {2**31 - 1:,}", lambda values: values.between(0, 2**31 - 1) & (values == values.round())
@@ -96,8 +96,7 @@ def read_label_file(path: str | Path, extra_columns: tuple[str, ...] = ()) -> pd
         FileNotFoundError: if the file is missing, saying where to get it.
         ValueError: naming the file, if it is not a readable CSV or lacks a required column; naming the
             line and the field for a ``Patient ID`` that is empty or not a whole number from 0 to
-            2**31 - 1; naming the image and both
-            lines for an image listed twice.
+            2**31 - 1; naming the image and both lines for an image listed twice.
     """
     path = Path(path)
     # download_data.py cannot fetch it: the box folder has no direct link to it.

@@ -287,16 +287,12 @@ def _localisation_scores_by_layer(
             if class_index not in heatmaps:
                 heatmaps[class_index] = gradcam_heatmaps(model, model_input[0], class_index, layer_names)
             scaled = scale_box(box, box_size, size)
+            # What does not depend on the layer, computed once per box.
+            common = {"Image": image_name, "Finding": box["Finding"], **dict(zip("xywh", scaled)),
+                      "probability": float(probabilities[class_index]), **pointing_baselines(scaled, size)}
             for layer_name, (heatmap, vanished) in heatmaps[class_index].items():
-                rows[layer_name].append({
-                    "Image": image_name, "Finding": box["Finding"],
-                    **dict(zip("xywh", scaled)),
-                    "probability": float(probabilities[class_index]),
-                    "hit": pointing_game_hit(heatmap, scaled),
-                    "IoU": box_iou(heatmap, scaled, threshold),
-                    "vanished": vanished,
-                    **pointing_baselines(scaled, size),
-                })
+                rows[layer_name].append({**common, "hit": pointing_game_hit(heatmap, scaled),
+                                         "IoU": box_iou(heatmap, scaled, threshold), "vanished": vanished})
     columns = ["Image", "Finding", "x", "y", "w", "h", "probability", "hit", "IoU", "vanished",
                "random point hit", "centre hit"]
     return {layer_name: pd.DataFrame(layer_rows, columns=columns) for layer_name, layer_rows in rows.items()}
