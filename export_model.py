@@ -31,7 +31,8 @@ METADATA = "metadata baseline"
 THUMBNAIL = "32x32 thumbnail baseline"
 
 
-def mean_auroc(split: images.Split, scores) -> float:
+def mean_auroc_on(split: images.Split, scores) -> float:
+    """The mean over findings of the AUROC of ``scores`` on ``split``'s labels."""
     return evaluation.mean_class_auroc(split.labels, scores)
 
 
@@ -81,6 +82,10 @@ def main() -> None:
                         help=f"which of the run's weight files to export (default {RunDirectory.BEST_WEIGHTS}, "
                              "the best validated epoch)")
     args = parser.parse_args()
+    try:  # now, not after minutes of evaluation
+        args.destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"--destination {args.destination}: its folder cannot be created ({error}).") from error
 
     run_config, state, normalisation = read_run(args.run_dir)
     labels = list(config.LABEL_SETS[run_config["labels"]])
@@ -88,9 +93,10 @@ def main() -> None:
     # The run's own split and data: another split could hold the run's training patients.
     split_dir, data_dir = Path(run_config["split_dir"]), config.data_dir(run_config["data_dir"])
     blur = run_config.get("blur", 0.0)  # preprocessing as in training
+    cache_dir = run_config.get("cache_dir", str(config.SPLIT_DIR / "cache"))  # where training cached its images
     # The training split is only needed for its labels and metadata (no size: no images decoded).
     splits = {name: images.load_split(name, None if name == "train" else size, split_dir=split_dir, data_dir=data_dir,
-                                      labels=tuple(labels), cache_dir=config.SPLIT_DIR / "cache", blur=blur)
+                                      labels=tuple(labels), cache_dir=cache_dir, blur=blur)
               for name in data.SPLITS}
     network = cxr_model.build_densenet121(len(labels), size)
     cxr_model.load_pretrained_weights(network, args.run_dir / args.weights)
@@ -102,13 +108,13 @@ def main() -> None:
         PER_IMAGE: PER_IMAGE,
     }
     by_standardisation = {
-        name: mean_auroc(valid, predict(network, valid.pixels, statistics, verbose=0))
+        name: mean_auroc_on(valid, predict(network, valid.pixels, statistics, verbose=0))
         for name, statistics in candidates.items()
     }
     standardisation = max(by_standardisation, key=by_standardisation.get)
     statistics = candidates[standardisation]
     by_flip = {
-        flip: mean_auroc(valid, predict(network, valid.pixels, statistics, verbose=0, flip=flip))
+        flip: mean_auroc_on(valid, predict(network, valid.pixels, statistics, verbose=0, flip=flip))
         for flip in (False, True)
     }
     flip = by_flip[True] > by_flip[False]
@@ -129,7 +135,7 @@ def main() -> None:
 
     scores = {split: score(shipped, split) for split in ("valid", "test")}
     if args.float16:
-        loss = {split: mean_auroc(splits[split], score(network, split)) - mean_auroc(splits[split], scores[split])
+        loss = {split: mean_auroc_on(splits[split], score(network, split)) - mean_auroc_on(splits[split], scores[split])
                 for split in scores}  # fmt: skip
         print(f"mean AUROC lost by float16 weights: {loss}")
         if max(loss.values()) >= FLOAT16_TOLERANCE:

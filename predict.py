@@ -1,14 +1,15 @@
 """The shipped model from the command line: calibrated probabilities and decisions for image files.
 
-    python predict.py IMAGE_OR_DIR... [--model models/densenet121_cxr14] [--output results.csv] [--gradcam DIR]
-                      [--thresholds specificity|youden]
+    python predict.py IMAGE_OR_DIR... [--model models/densenet121_cxr14] [--output results.csv] [--force]
+                      [--gradcam DIR] [--thresholds specificity|youden]
 
 Prints, and with --output writes as CSV, one row per image: the file, each finding's calibrated
 probability (column named after the finding) and whether it is at or above the model's validated
 threshold (column ``<finding>_flag``: 1 or 0). A directory stands for the PNG and JPEG files in it.
---gradcam DIR also writes a GradCAM overlay of each image's top findings to DIR. Files that cannot
-be read are reported by name and skipped; the exit status is 1 if any was, else 0 (2 if the model
-cannot be loaded).
+--gradcam DIR also writes a GradCAM overlay of each image's top findings to DIR. An existing --output
+file is replaced only with --force. Files that cannot be read, and images too small or too blank to
+be radiographs, are reported by name and skipped; the exit status is 1 if any was, else 0 (2 if the
+model cannot be loaded or an output path is unusable).
 
 The probabilities hold for the prevalences of the data the model was calibrated on (a subset of the
 NIH release, see models/README.md), not for a hospital's. Teaching project, not a diagnostic device.
@@ -52,11 +53,26 @@ def results_table(
     return pd.concat([pd.DataFrame({"image": names}), table, flags], axis=1)
 
 
+def output_problem(output: Path | None, gradcam: Path | None, force: bool, files: list[Path]) -> str | None:
+    """Why the output paths cannot be used, checked before any image is read, or None."""
+    if output is not None:
+        if output.is_dir():
+            return f"--output {output} is a folder; name the CSV file to write, e.g. {output / 'results.csv'}."
+        if output.exists() and output.resolve() in {path.resolve() for path in files}:
+            return f"--output {output} is one of the images to read; name another file."
+        if output.exists() and not force:
+            return f"--output {output} exists; pass --force to replace it, or name another file."
+    if gradcam is not None and gradcam.exists() and not gradcam.is_dir():
+        return f"--gradcam {gradcam} is a file, not a folder; name a folder for the overlays."
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     parser.add_argument("--model", type=Path, default=config.SHIPPED_MODEL, help="the shipped model's prefix")
     parser.add_argument("--output", type=Path, help="write the results as CSV here")
+    parser.add_argument("--force", action="store_true", help="replace the --output file if it exists")
     parser.add_argument("--gradcam", type=Path, metavar="DIR", help="write GradCAM overlays of the top findings here")
     parser.add_argument("--thresholds", choices=("specificity", "youden"), default="specificity",
                         help="the shipped thresholds (90%% specificity on validation) "
@@ -66,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     files = image_files(args.inputs)
     if not files:
         parser.error(f"no PNG or JPEG files in {args.inputs}")
+    problem = output_problem(args.output, args.gradcam, args.force, files)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     # TensorFlow loads only once the arguments are known to be usable.
     import keras
@@ -73,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")
     from cxr import gradcam, images, plots
-    from cxr.inference import ShippedModel
+    from cxr.files import atomic_write
+    from cxr.inference import ShippedModel, not_a_radiograph
 
     try:
         shipped = ShippedModel.load(args.model)
@@ -96,9 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         batch_names, pixels = [], []
         for path in files[start:start + BATCH_SIZE]:
             try:
-                pixels.append(shipped.preprocess(images.read_image(path)))
+                original = images.read_image(path)
+                preprocessed = shipped.preprocess(original)
+                problem = not_a_radiograph(original.shape[1], original.shape[0], preprocessed)
+                if problem:
+                    raise ValueError(f"{path} {problem}")
+                pixels.append(preprocessed)
                 batch_names.append(str(path))
-            except (OSError, ValueError) as error:  # missing, unreadable, not an image
+            except (OSError, ValueError) as error:  # missing, unreadable, not an image, not a radiograph
                 failed.append(path)
                 print(f"skipped {path}: {error}", file=sys.stderr)
         if pixels:
@@ -126,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table.to_string(index=False))
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(args.output, index=False, float_format="%.6f")
+            atomic_write(args.output, table.to_csv(index=False, float_format="%.6f"))
     print(f"{len(names)} image(s) read, {len(failed)} skipped", file=sys.stderr)
     return 1 if failed else 0
 

@@ -37,12 +37,15 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Train as the command line says; return the exit status (1, with the message, if a file it needs is
-    missing or damaged, or an epoch could not be saved)."""
+    missing, damaged or holds a bad value, the run directory was saved with other settings, or an epoch
+    could not be saved)."""
     cfg = parse_config(argv)
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     try:
         summary = train(cfg)
-    except (CheckpointError, DamagedRunFile, FileNotFoundError) as error:  # their messages say what to do
+    # Their messages name the file or setting and say what to do (ValueError: a changed setting, a bad
+    # cell of a split CSV, an unreadable image).
+    except (CheckpointError, DamagedRunFile, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

@@ -52,7 +52,7 @@ def main(committed_path: str, executed_path: str) -> int:
     if len(committed.cells) != len(executed.cells) or any(a.source != b.source for a, b in pairs):
         print("the two notebooks do not have the same cells")
         return 1
-    differing = [a.source.splitlines()[0] for a, b in pairs
+    differing = [(a.source.splitlines() or [""])[0] for a, b in pairs
                  if IGNORED not in a.source and comparable_outputs(a, rules) != comparable_outputs(b, rules)]
     for first_line in differing:
         print(f"outputs differ in the cell starting {first_line!r}")

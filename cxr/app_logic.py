@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from cxr import config
 from cxr.gradcam import explain_findings
 from cxr.images import ImageReadError, read_image
-from cxr.inference import ShippedModel, Standardisation
+from cxr.inference import ShippedModel, Standardisation, not_a_radiograph
 from cxr.plots import plot_gradcam
 
 DEFAULT_MODEL = config.SHIPPED_MODEL
@@ -41,12 +41,6 @@ ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO")
 # the largest digital chest radiographs are about 4300 x 4300 = 18.5 Mpx).
 MAX_PIXELS = 40_000_000
 MAX_FILE_BYTES = 50 * 1024 * 1024
-# Degenerate images (a 1 x 1 pixel, a 1 x 4000 line, an all-black frame) are no radiographs, yet the
-# model gives them findings with high probabilities: refuse a side under MIN_SIDE pixels (the
-# smallest NIH images used in training are 64 px) and an image whose grey levels (0..255, at the
-# model's size) have a standard deviation under MIN_CONTRAST (NIH test images: 29 to 78).
-MIN_SIDE = 64
-MIN_CONTRAST = 2.0
 TOP_K = 3
 COLUMNS = ["Finding", "Probability", "Threshold", "Above threshold"]
 DISCLAIMER = (
@@ -147,11 +141,9 @@ class Predictor:
                 f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels, which protects the server from "
                 "decompression bombs. Downscale the image and upload it again."
             )
-        if min(width, height) < MIN_SIDE:
-            raise UnusableUpload(
-                f"{name} is {width} x {height} pixels; a chest X-ray needs at least {MIN_SIDE} pixels "
-                "on each side."
-            )
+        problem = not_a_radiograph(width, height)
+        if problem:
+            raise UnusableUpload(f"{name} {problem}")
         return path
 
     def read(self, path: str | Path) -> np.ndarray:
@@ -159,18 +151,16 @@ class Predictor:
         as its EXIF orientation says; UnusableUpload if it cannot be decoded or is blank."""
         path = self.check_upload(path)
         try:
-            pixels = read_image(path)  # the notebook's reader: EXIF orientation applied, an MPO's first frame
+            original = read_image(path)  # the notebook's reader: EXIF orientation applied, an MPO's first frame
         except ImageReadError as error:
             raise UnusableUpload(
                 f"{quoted_name(path)} could not be decoded: the file is truncated or corrupt. "
                 "Upload the complete PNG or JPEG file."
             ) from error
-        pixels = self.shipped.preprocess(pixels)  # resized (and blurred) as in training
-        if pixels.std() < MIN_CONTRAST:
-            raise UnusableUpload(
-                f"{quoted_name(path)} has almost no contrast (standard deviation of its grey levels "
-                f"{pixels.std():.1f} of 255): it is blank, not a chest X-ray."
-            )
+        pixels = self.shipped.preprocess(original)  # resized (and blurred) as in training
+        problem = not_a_radiograph(original.shape[1], original.shape[0], pixels)
+        if problem:
+            raise UnusableUpload(f"{quoted_name(path)} {problem}")
         return pixels
 
     # --- inference ----------------------------------------------------------------------------

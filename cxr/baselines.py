@@ -17,6 +17,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cxr import config, data, images
+from cxr.evaluation import mean_class_auroc
 
 METADATA_FEATURES = ("AP view", "log follow-up", "age", "male")
 THUMBNAIL_SIZE = 32
@@ -34,7 +35,7 @@ def metadata_features(frame: pd.DataFrame, data_dir: str | Path | None = None) -
 
     Raises:
         ValueError: naming the images the label file does not list, a column it lacks, or the line of
-            a follow-up number or an age that is not a finite number.
+            a follow-up number that is not a whole number or an age that is not a finite number.
     """
     label_file = config.data_dir(data_dir) / config.LABEL_FILE
     remedy = "The metadata baseline needs the official Data_Entry_2017_v2020.csv."
@@ -44,8 +45,10 @@ def metadata_features(frame: pd.DataFrame, data_dir: str | Path | None = None) -
     if missing:
         raise ValueError(f"{label_file} does not list {len(missing)} image(s) of the split, e.g. {missing[:3]}.")
     rows = table.loc[frame["Image"]].reset_index()
-    numbers = {column: data.checked_numbers(rows, column, label_file, rows["line"], "Image Index", remedy=remedy)
-               for column in ("Follow-up #", "Patient Age")}
+    # A follow-up number counts the patient's earlier visits; an age can be any finite number of years.
+    kinds = {"Follow-up #": data.WHOLE_NUMBER, "Patient Age": data.NUMBER}
+    numbers = {column: data.checked_numbers(rows, column, label_file, rows["line"], "Image Index", kind, remedy)
+               for column, kind in kinds.items()}
     return pd.DataFrame(
         {
             "AP view": (rows["View Position"] == "AP").astype(float).to_numpy(),
@@ -83,8 +86,6 @@ def fit_baseline(
     Returns:
         the fitted classifier (``predict_proba`` gives (N, C) scores) and the chosen strength.
     """
-    from cxr.evaluation import mean_class_auroc  # evaluation imports TensorFlow: only when fitting
-
     best = None
     for strength in grid:
         fitted = logistic_regression(strength).fit(train_features, train_labels)

@@ -181,8 +181,8 @@ def extract_archive(archive: str | os.PathLike, data_dir: str | os.PathLike) -> 
     ``data_dir/images/NNNNNNNN_NNN.png`` (written to a ``partial-`` file, then renamed, so an
     interrupted extraction never leaves a truncated PNG). Images already present are skipped.
     Directory entries and non-PNG regular files are skipped. The full release's images are
-    1024x1024 (this project's bundled subset is 512x512); no conversion is needed, since
-    ``cxr.images.read_image`` resizes any size to the training size.
+    1024x1024 (this project's subset comes at 512, 320, 256 and 64 px); no conversion is needed,
+    since ``cxr.images.read_image`` brings any size to the canonical size, then to the model's.
 
     Every member is checked before it is written: absolute paths, ``..`` components (path
     traversal) and anything but regular files and folders (symbolic or hard links, devices, FIFOs)

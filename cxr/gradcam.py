@@ -242,7 +242,8 @@ def localisation_scores(
 
     Returns:
         One row per box: ``Image``, ``Finding``, ``x``, ``y``, ``w``, ``h`` (in model-input pixels),
-        ``probability``, ``hit`` (pointing game), ``IoU`` and ``vanished``.
+        ``hit`` (pointing game), ``IoU``, ``vanished``, and what a map that ignores the image would
+        score on the box (``pointing_baselines``).
     """
     return _localisation_scores_by_layer(
         model, frame, images, statistics, labels, boxes, (layer_name,), threshold, box_size
@@ -273,13 +274,9 @@ def _localisation_scores_by_layer(
                       f"{sorted(unknown['Finding'].unique())}.", stacklevel=2)
     selected = selected[selected["Finding"].isin(names)]
     size = images.shape[1]
-    boxed = sorted(selected["Image"].unique())
-    scores = predict(model, images[[position_of[name] for name in boxed]], statistics, verbose=0) if boxed else []
-    probabilities_of = dict(zip(boxed, scores))
     rows = {layer_name: [] for layer_name in layer_names}
     for image_name, image_boxes in selected.groupby("Image", sort=True):
         model_input = standardise(images[position_of[image_name]][np.newaxis], statistics)
-        probabilities = probabilities_of[image_name]
         heatmaps = {}
         for _, box in image_boxes.iterrows():
             class_index = names.index(box["Finding"])
@@ -289,11 +286,11 @@ def _localisation_scores_by_layer(
             scaled = scale_box(box, box_size, size)
             # What does not depend on the layer, computed once per box.
             common = {"Image": image_name, "Finding": box["Finding"], **dict(zip("xywh", scaled)),
-                      "probability": float(probabilities[class_index]), **pointing_baselines(scaled, size)}
+                      **pointing_baselines(scaled, size)}
             for layer_name, (heatmap, vanished) in heatmaps[class_index].items():
                 rows[layer_name].append({**common, "hit": pointing_game_hit(heatmap, scaled),
                                          "IoU": box_iou(heatmap, scaled, threshold), "vanished": vanished})
-    columns = ["Image", "Finding", "x", "y", "w", "h", "probability", "hit", "IoU", "vanished",
+    columns = ["Image", "Finding", "x", "y", "w", "h", "hit", "IoU", "vanished",
                "random point hit", "centre hit"]
     return {layer_name: pd.DataFrame(layer_rows, columns=columns) for layer_name, layer_rows in rows.items()}
 
@@ -313,8 +310,11 @@ def choose_layer(
     Arguments as ``localisation_scores``; ties go to the layer listed first.
 
     Raises:
+        ValueError: if ``layers`` is empty.
         NoBoxes: if none of the images has a box of a finding the model predicts.
     """
+    if not layers:
+        raise ValueError("choose_layer needs at least one candidate layer.")
     by_layer = _localisation_scores_by_layer(
         model, frame, images, statistics, labels, boxes, tuple(layers), threshold=0.5, box_size=BOX_SOURCE_SIZE
     )

@@ -184,6 +184,27 @@ def _forward_pass(model: keras.Model, per_image: bool, dtype: tf.DType = tf.uint
 
 EXPORT_AGAIN = "export the model again with `python export_model.py`"
 THRESHOLD_FIELDS = {"specificity": "thresholds", "youden": "thresholds_youden"}
+# Degenerate images (a 1 x 1 pixel, a 1 x 4000 line, an all-black frame) are no radiographs, yet the
+# model gives them findings with high probabilities: refuse a side under MIN_SIDE pixels (the
+# smallest NIH images used in training are 64 px) and an image whose grey levels (0..255, at the
+# model's size) have a standard deviation under MIN_CONTRAST (NIH test images: 29 to 78).
+MIN_SIDE = 64
+MIN_CONTRAST = 2.0
+
+
+def not_a_radiograph(width: int, height: int, pixels: np.ndarray | None = None) -> str | None:
+    """Why an image of ``width`` x ``height`` pixels cannot be a chest radiograph, or None if it can.
+
+    The reason continues the file's name ("x.png is 1 x 1 pixels; ..."). ``pixels``, the image as
+    preprocessed for the model, is checked for contrast too; without it only the size is (the app
+    checks the size from the file's header, before decoding).
+    """
+    if min(width, height) < MIN_SIDE:
+        return f"is {width} x {height} pixels; a chest X-ray needs at least {MIN_SIDE} pixels on each side."
+    if pixels is not None and pixels.std() < MIN_CONTRAST:
+        return (f"has almost no contrast (standard deviation of its grey levels {pixels.std():.1f} of 255): "
+                "it is blank, not a chest X-ray.")
+    return None
 
 
 def model_files(prefix: str | Path) -> tuple[Path, Path]:

@@ -15,9 +15,12 @@ from collections.abc import Callable
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from cxr.evaluation import auroc
+from cxr.images import resize
 
 SPECTRUM_BINS = 64
 
@@ -46,8 +49,6 @@ def origin_auroc(first: np.ndarray, second: np.ndarray, folds: int = 5, seed: in
 
     Near 0.5: the two groups of images cannot be told apart by their spectra.
     """
-    from cxr.evaluation import auroc  # evaluation imports TensorFlow: only when used
-
     features = spectrum_features(np.concatenate([first, second]))
     truth = np.r_[np.zeros(len(first)), np.ones(len(second))]
     classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
@@ -56,16 +57,19 @@ def origin_auroc(first: np.ndarray, second: np.ndarray, folds: int = 5, seed: in
     return auroc(truth, scores)
 
 
-def view_auroc(scores: np.ndarray, is_ap: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+def view_auroc(scores: np.ndarray, is_ap: np.ndarray, patients: np.ndarray, folds: int = 5, seed: int = 0) -> float:
     """How well a model's (N, C) scores tell AP from PA images: cross-validated AUROC of a logistic
     regression on them. A portable AP film goes with sicker patients, so a model may have learnt the
-    view instead of the disease; 0.5 would mean its scores carry no trace of the view."""
-    from cxr.evaluation import auroc
+    view instead of the disease; 0.5 would mean its scores carry no trace of the view.
 
+    The folds keep each patient's images together (``patients``: one id per image): a patient's films
+    often share their view, and one of them in the training folds would tell the other's.
+    """
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     truth = np.asarray(is_ap, dtype=int)
-    predicted = cross_val_predict(classifier, np.asarray(scores), truth, cv=splitter, method="predict_proba")[:, 1]
+    predicted = cross_val_predict(classifier, np.asarray(scores), truth, groups=np.asarray(patients), cv=splitter,
+                                  method="predict_proba")[:, 1]  # fmt: skip
     return auroc(truth, predicted)
 
 
@@ -78,8 +82,6 @@ def controlled_origin_auroc(
     half are first downscaled to ``smaller_side``, as the smaller files of the data were. Whatever the
     classifier finds can only be a trace of the size the image arrived at.
     """
-    from cxr.images import resize
-
     order = np.random.default_rng(seed).permutation(len(originals))
     half = len(order) // 2
     as_large = np.stack([preprocess(originals[i]) for i in order[:half]])

@@ -116,6 +116,17 @@ def test_metadata_features_name_the_line_of_an_age_that_is_not_a_number(tmp_path
         baselines.metadata_features(pd.DataFrame({"Image": names}), tmp_path)
 
 
+@pytest.mark.parametrize("follow_up", ["-5", "2.5"])
+def test_metadata_features_name_the_line_of_a_follow_up_that_is_not_a_whole_number(tmp_path, follow_up):
+    names = ["00000001_000.png", "00000002_003.png"]
+    _label_file(tmp_path, names)
+    path = tmp_path / config.LABEL_FILE
+    pd.read_csv(path).astype({"Follow-up #": str}).replace({"3": follow_up}).to_csv(path, index=False)
+    expected = rf"line 3 \(Image Index 00000002_003.png\), column 'Follow-up #': {follow_up} is not a whole number"
+    with pytest.raises(ValueError, match=expected):
+        baselines.metadata_features(pd.DataFrame({"Image": names}), tmp_path)
+
+
 def test_thumbnail_features_are_32x32_images_standardised_one_by_one():
     pixels = np.random.default_rng(3).integers(0, 256, (5, 64, 64), dtype=np.uint8)
     features = baselines.thumbnail_features(pixels)
@@ -151,6 +162,27 @@ def test_origin_auroc_finds_blur_and_not_two_halves_of_the_same_images():
     blurred = np.stack([images.resize(images.resize(image, 16), 32) for image in noise[40:]])
     assert shortcuts.origin_auroc(noise[:40], blurred) > 0.95
     assert abs(shortcuts.origin_auroc(noise[:40], noise[40:]) - 0.5) < 0.2
+
+
+def test_view_auroc_finds_the_view_in_scores_and_keeps_each_patients_images_in_one_fold(monkeypatch):
+    rng = np.random.default_rng(7)
+    patients = np.repeat(np.arange(100), 3)
+    is_ap = np.repeat(rng.random(100) < 0.4, 3)  # a patient's films share their view
+    folds, cross_val_predict = [], shortcuts.cross_val_predict
+
+    def recording(estimator, features, truth, groups=None, cv=None, **options):
+        folds.extend(scored for _, scored in cv.split(features, truth, groups))
+        return cross_val_predict(estimator, features, truth, groups=groups, cv=cv, **options)
+
+    monkeypatch.setattr(shortcuts, "cross_val_predict", recording)
+    noise = rng.normal(size=(300, 14))
+    with_view = noise + 1.5 * is_ap[:, np.newaxis]
+    assert shortcuts.view_auroc(with_view, is_ap, patients) > 0.95
+    assert abs(shortcuts.view_auroc(noise, is_ap, patients) - 0.5) < 0.15
+    assert len(folds) == 10
+    for scored in folds:
+        trained = np.setdiff1d(np.arange(300), scored)
+        assert not set(patients[scored]) & set(patients[trained])
 
 
 @pytest.fixture(scope="module")

@@ -109,12 +109,22 @@ def test_gradient_model_is_built_once_per_model_and_layer(model, model_input):
     assert gradcam._gradient_function(model, ("conv",)) is not first
 
 
-def test_heatmaps_of_several_layers_in_one_pass_are_each_layers_own(model, model_input):
-    together = gradcam.gradcam_heatmaps(model, model_input, 0, ("relu", "conv"))
-    for layer in ("relu", "conv"):
+def test_heatmaps_of_several_layers_in_one_pass_are_each_layers_own(model_input):
+    # "flipped" holds "relu"'s maps upside down, so a map given to the wrong layer would show.
+    model = wired_model(upside_down=True)
+    together = gradcam.gradcam_heatmaps(model, model_input, 0, ("flipped", "relu"))
+    assert not np.allclose(together["flipped"][0], together["relu"][0])
+    np.testing.assert_allclose(together["flipped"][0], together["relu"][0][::-1], atol=1e-6)
+    for layer in ("flipped", "relu"):
         alone, vanished = gradcam.gradcam_heatmap(model, model_input, 0, layer)
         np.testing.assert_allclose(together[layer][0], alone, atol=1e-6)
         assert together[layer][1] == vanished
+
+
+def test_choose_layer_needs_a_candidate(model, model_input):
+    with pytest.raises(ValueError, match="at least one candidate layer"):
+        gradcam.choose_layer(model, pd.DataFrame({"Image": ["one.png"]}), blob_image()[np.newaxis], STATISTICS,
+                             LABELS, pd.DataFrame(columns=["Image", "Finding", "x", "y", "w", "h"]), layers=())
 
 
 def test_zero_classifier_weights_vanish_without_nan(model_input):
@@ -226,7 +236,7 @@ def test_localisation_scores_and_summary(model):
     two_dark = scores[(scores["Image"] == "two.png") & (scores["Finding"] == "dark")].iloc[0]
     # The "dark" map is everything but the blob (240 pixels); the box is 4x4 inside it.
     assert two_dark["IoU"] == pytest.approx(16 / 240)
-    assert scores["probability"].between(0, 1).all()
+    assert scores["random point hit"].tolist() == pytest.approx([16 / 256] * 3)  # a 4x4 box on 16x16
 
     summary = gradcam.summarise_localisation(scores)
     assert list(summary.index) == ["bright", "dark", "All"]

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 import predict
 from cxr import calibration, config, images
@@ -124,3 +125,43 @@ def test_a_model_that_cannot_be_loaded_is_named_with_status_2(folder, tmp_path, 
     assert predict.main([str(folder / "a.png"), "--model", str(prefix)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and str(prefix) in error  # names the file
+
+
+def test_blank_and_tiny_images_are_named_and_skipped_as_the_app_refuses_them(folder, tmp_path, capsys):
+    Image.new("L", (300, 300), 128).save(folder / "grey.png")  # decodes, but is no radiograph
+    Image.new("L", (1, 1), 0).save(folder / "dot.png")
+    output = tmp_path / "results.csv"
+    assert predict.main([str(folder), "--output", str(output)]) == 1
+    assert pd.read_csv(output)["image"].tolist() == [str(folder / "a.png"), str(folder / "b.png")]
+    errors = capsys.readouterr().err
+    assert f"skipped {folder / 'grey.png'}" in errors and "almost no contrast" in errors
+    assert f"skipped {folder / 'dot.png'}" in errors and "is 1 x 1 pixels" in errors
+    assert "2 image(s) read, 3 skipped" in errors
+
+
+@pytest.mark.parametrize("target", ["existing CSV", "an input image", "a folder"])
+def test_an_output_that_would_destroy_a_file_is_refused_before_any_image_is_read(folder, capsys, target, monkeypatch):
+    monkeypatch.setattr(images, "read_image", lambda path: pytest.fail("an image was read"))
+    path = {"existing CSV": folder / "old.csv", "an input image": folder / "a.png", "a folder": folder}[target]
+    if target == "existing CSV":
+        path.write_text("earlier results\n")
+    before = None if path.is_dir() else path.read_bytes()
+    assert predict.main([str(folder / "a.png"), "--output", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: --output {path} ")
+    assert before is None or path.read_bytes() == before  # nothing lost
+    if target == "an input image":  # not even with --force
+        assert predict.main([str(folder / "a.png"), "--output", str(path), "--force"]) == 2
+        assert path.read_bytes() == before
+
+
+def test_force_replaces_an_existing_csv(folder, tmp_path):
+    output = tmp_path / "results.csv"
+    output.write_text("earlier results\n")
+    assert predict.main([str(folder / "a.png"), "--output", str(output), "--force"]) == 0
+    assert pd.read_csv(output)["image"].tolist() == [str(folder / "a.png")]
+
+
+def test_a_gradcam_path_that_is_a_file_is_refused_before_any_image_is_read(folder, capsys):
+    assert predict.main([str(folder / "a.png"), "--gradcam", str(folder / "a.png")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

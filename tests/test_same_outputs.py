@@ -26,3 +26,14 @@ def test_outputs_equal_after_sanitising_pass_and_other_outputs_fail(tmp_path, ca
     assert same_outputs.main(committed, notebook(tmp_path, "same.ipynb", "AUROC 0.7049\n", "12:07:44")) == 0
     assert same_outputs.main(committed, notebook(tmp_path, "other.ipynb", "AUROC 0.71\n")) == 1
     assert "print(x)" in capsys.readouterr().out
+
+
+def test_an_empty_cell_whose_outputs_differ_is_named_without_a_crash(tmp_path, capsys):
+    def with_empty_cell(name, printed):
+        path = tmp_path / name
+        nbformat.write(new_notebook(cells=[new_code_cell("", outputs=[new_output("stream", name="stdout",
+                                                                                 text=printed)])]), path)
+        return str(path)
+
+    assert same_outputs.main(with_empty_cell("a.ipynb", "one\n"), with_empty_cell("b.ipynb", "two\n")) == 1
+    assert "outputs differ in the cell starting ''" in capsys.readouterr().out

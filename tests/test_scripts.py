@@ -58,6 +58,15 @@ def test_export_names_what_an_unfinished_run_lacks(tmp_path, monkeypatch):
     assert "train.py" in message
 
 
+def test_export_refuses_a_destination_it_cannot_write_before_reading_the_run(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("a file, where the destination's folder should be")
+    destination = tmp_path / "file" / "model"
+    monkeypatch.setattr(sys, "argv", ["export_model.py", str(tmp_path / "no run"), "--destination", str(destination)])
+    monkeypatch.setattr(export_model, "read_run", lambda run_dir: pytest.fail("the run was read"))
+    with pytest.raises(SystemExit, match=rf"--destination {destination}: its folder cannot be created"):
+        export_model.main()
+
+
 def test_export_names_a_run_file_that_is_not_json(tmp_path, monkeypatch):
     for name in ("config.json", "state.json", "normalisation.json", "best.weights.h5"):
         (tmp_path / name).write_text("{}")
@@ -148,3 +157,17 @@ def test_export_of_a_tiny_run_reads_back_as_the_runs_model(nih_dir, tmp_path, mo
     best = load_pretrained_weights(build_densenet121(len(labels), 32), run / RunDirectory.BEST_WEIGHTS)
     for shipped, trained_weights in zip(network.get_weights(), best.get_weights(), strict=True):
         np.testing.assert_array_equal(shipped, trained_weights)
+
+
+def test_train_reports_a_bad_cell_of_a_split_file_without_a_traceback(tmp_path, capsys):
+    splits = tmp_path / "splits"
+    shutil.copytree(config.SPLIT_DIR, splits, ignore=shutil.ignore_patterns("cache"))
+    frame = pd.read_csv(splits / "train.csv")
+    frame["Hernia"] = frame["Hernia"].astype(object)
+    frame.loc[3, "Hernia"] = "maybe"
+    frame.to_csv(splits / "train.csv", index=False)
+    status = train.main(["--output-dir", str(tmp_path / "run"), "--split-dir", str(splits), "--epochs", "1",
+                         "--image-size", "32"])
+    assert status == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {splits / 'train.csv'} line 5 (Image {frame.loc[3, 'Image']}), column 'Hernia'")
