@@ -281,6 +281,18 @@ def test_training_batches_are_standardised_image_by_image(augmentation):
             assert np.all(image == 0)
 
 
+def test_the_same_seed_gives_the_same_augmented_batches():
+    # Many small batches, so that maps running in parallel would race for the random layers' seed state.
+    images, labels = numbered_images(256, side=32)
+    augmentation = Augmentation(gamma=0.3, rotation=0.025, zoom=0.15, shift=0.05)
+    first, second = (epoch(pipeline.make_dataset(images, labels, batch_size=2, training=True,
+                                                 augmentation=augmentation, seed=7)) for _ in range(2))
+    np.testing.assert_array_equal(first[1], second[1])  # the same order
+    np.testing.assert_array_equal(first[0], second[0])  # the same augmentations
+    other = epoch(pipeline.make_dataset(images, labels, batch_size=2, training=True, augmentation=augmentation, seed=8))
+    assert not np.array_equal(other[1], first[1])
+
+
 def test_random_gamma_bends_the_mid_tones_within_its_range_and_keeps_black_and_white():
     ramp = np.tile(np.linspace(0, 255, 16, dtype=np.float32), (64, 16, 1))[..., np.newaxis]  # 64 images
     bent = keras.ops.convert_to_numpy(pipeline.RandomGamma(0.5, seed=1)(ramp, training=True))
