@@ -53,6 +53,12 @@ def results_table(
     return pd.concat([pd.DataFrame({"image": names}), table, flags], axis=1)
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file, if any, where ``folder`` or one of its parents should be (the folders are made later)."""
+    existing = next((path for path in (folder, *folder.parents) if path.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def output_problem(output: Path | None, gradcam: Path | None, force: bool, files: list[Path]) -> str | None:
     """Why the output paths cannot be used, checked before any image is read, or None."""
     if output is not None:
@@ -62,8 +68,13 @@ def output_problem(output: Path | None, gradcam: Path | None, force: bool, files
             return f"--output {output} is one of the images to read; name another file."
         if output.exists() and not force:
             return f"--output {output} exists; pass --force to replace it, or name another file."
-    if gradcam is not None and gradcam.exists() and not gradcam.is_dir():
-        return f"--gradcam {gradcam} is a file, not a folder; name a folder for the overlays."
+        blocking = file_in_the_way(output.parent)
+        if blocking is not None:
+            return f"--output {output}: {blocking} is a file, not a folder; name another place."
+    if gradcam is not None:
+        blocking = file_in_the_way(gradcam)
+        if blocking is not None:
+            return f"--gradcam {gradcam}: {blocking} is a file, not a folder; name a folder for the overlays."
     return None
 
 
@@ -121,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                 preprocessed = shipped.preprocess(original)
                 problem = not_a_radiograph(original.shape[1], original.shape[0], preprocessed)
                 if problem:
-                    raise ValueError(f"{path} {problem}")
+                    raise ValueError(f"the image {problem}")
                 pixels.append(preprocessed)
                 batch_names.append(str(path))
             except (OSError, ValueError) as error:  # missing, unreadable, not an image, not a radiograph

@@ -14,6 +14,7 @@ import os
 import sys
 import typing
 
+from cxr.checks import BadInput
 from cxr.run_directory import CheckpointError, DamagedRunFile
 from cxr.training import TrainConfig, train
 
@@ -43,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     try:
         summary = train(cfg)
-    # Their messages name the file or setting and say what to do (ValueError: a changed setting, a bad
-    # cell of a split CSV, an unreadable image).
-    except (CheckpointError, DamagedRunFile, FileNotFoundError, ValueError) as error:
+    # Their messages name the file or setting and say what to do (BadInput: a changed setting, a bad cell
+    # of a split CSV, an unreadable image); any other error is a bug, and keeps its traceback.
+    except (CheckpointError, DamagedRunFile, FileNotFoundError, BadInput) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

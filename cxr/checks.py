@@ -1,4 +1,5 @@
-"""The arrays that evaluation and thresholds take, and the numbers that settings take: checked once, here.
+"""The arrays that evaluation and thresholds take, and the numbers that settings take: checked once, here;
+and ``BadInput``, the error for input that the user can mend.
 
 Conventions: ``y_true`` is an (N, C) 0/1 array, ``y_score`` an (N, C) array of scores, ``labels`` the
 C finding names in column order. A class with no positive or no negative case has no AUROC and no
@@ -12,6 +13,11 @@ import numbers
 from collections.abc import Sequence
 
 import numpy as np
+
+
+class BadInput(ValueError):
+    """Input that the user can mend, a file's content or a run's settings; the message names the file,
+    line or setting and says what to do. Scripts report it without a traceback."""
 
 
 def is_number(value, low: float = -math.inf, high: float = math.inf) -> bool:

@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from cxr import config
+from cxr.checks import BadInput
 from cxr.download import BOX_FOLDER_URL
 
 # Columns of the official NIH label file that the project reads.
@@ -43,10 +44,10 @@ def read_csv(path: Path, columns: tuple[str, ...], remedy: str, **options) -> pd
     try:
         table = pd.read_csv(path, **options)
     except (OSError, EOFError, zlib.error, ValueError) as error:  # what pandas, gzip and zlib raise
-        raise ValueError(f"{path}: not a readable CSV file ({type(error).__name__}: {error}). {remedy}") from error
+        raise BadInput(f"{path}: not a readable CSV file ({type(error).__name__}: {error}). {remedy}") from error
     missing = [column for column in columns if column not in table.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected the columns {list(columns)}. {remedy}")
+        raise BadInput(f"{path}: missing column(s) {missing}; expected the columns {list(columns)}. {remedy}")
     return table
 
 
@@ -69,7 +70,7 @@ ZERO_OR_ONE = NumberKind("0 or 1", lambda values: values.isin((0, 1)))
 def checked_numbers(
     table: pd.DataFrame, column: str, path, lines, image_column: str, kind: NumberKind = NUMBER, remedy: str = ""
 ) -> pd.Series:
-    """``table[column]`` as numbers, or a ValueError naming the file, the line (``lines``: one per row) and
+    """``table[column]`` as numbers, or a BadInput naming the file, the line (``lines``: one per row) and
     image of the first row that is empty or not ``kind``, the column, and how many rows are wrong."""
     values = pd.to_numeric(table[column], errors="coerce")
     good = kind.accepts(values)
@@ -79,7 +80,7 @@ def checked_numbers(
         value = value.item() if isinstance(value, np.generic) else value  # 2, not np.int64(2)
         shown = "an empty cell" if pd.isna(value) else repr(value)
         where = f"{path} line {np.asarray(lines)[row]} ({image_column} {table[image_column].iloc[row]})"
-        raise ValueError(f"{where}, column {column!r}: {shown} is not {kind.meaning} "
+        raise BadInput(f"{where}, column {column!r}: {shown} is not {kind.meaning} "
                          f"({int((~good).sum())} such row(s)). {remedy}")
     return values
 
@@ -114,7 +115,7 @@ def read_label_file(path: str | Path, extra_columns: tuple[str, ...] = ()) -> pd
     if repeated.any():
         image = table["Image Index"][repeated].iloc[0]
         lines = line[(table["Image Index"] == image).to_numpy()]
-        raise ValueError(
+        raise BadInput(
             f"{path}: image {image} is listed on lines {', '.join(map(str, lines))}; an image needs exactly one "
             "row (a repeated row would be trained on twice). Delete the extra row(s)."
         )
@@ -140,7 +141,7 @@ def load_boxes(data_dir: str | Path | None = None) -> pd.DataFrame:
     boxes[coordinates] = boxes[coordinates].apply(pd.to_numeric, errors="coerce")
     bad = boxes[boxes[coordinates].isna().any(axis=1) | (boxes[["w", "h"]] < 0).any(axis=1)]
     if len(bad):
-        raise ValueError(
+        raise BadInput(
             f"{path}: {len(bad)} box(es) without four valid numbers, first on line {bad.index[0] + 2}. {remedy}"
         )
     boxes["Finding"] = boxes["Finding"].replace(BOX_FINDING_NAMES)
@@ -162,7 +163,7 @@ def read_expert_labels(data_dir: str | Path | None = None) -> pd.DataFrame:
     values = table[list(EXPERT_FINDINGS)]
     unknown = sorted(set(values.to_numpy().ravel()) - {EXPERT_POSITIVE, EXPERT_NEGATIVE}, key=str)
     if unknown:
-        raise ValueError(f"{path}: expected only {EXPERT_POSITIVE}/{EXPERT_NEGATIVE} labels, found {unknown}. {remedy}")
+        raise BadInput(f"{path}: expected only {EXPERT_POSITIVE}/{EXPERT_NEGATIVE} labels, found {unknown}. {remedy}")
     expert = (values == EXPERT_POSITIVE).astype(np.int8)
     expert.insert(0, "Image", table[EXPERT_IMAGE_COLUMN])
     return expert.drop_duplicates("Image").reset_index(drop=True)
@@ -183,11 +184,11 @@ def findings_to_columns(
     columns = {label: np.zeros(len(findings), dtype=np.int8) for label in labels}
     for position, (row, text) in enumerate(findings.items()):
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{source} line {row}: empty 'Finding Labels'; use 'No Finding' for a normal image.")
+            raise BadInput(f"{source} line {row}: empty 'Finding Labels'; use 'No Finding' for a normal image.")
         for name in text.split("|"):
             name = name.strip()
             if name not in known:
-                raise ValueError(
+                raise BadInput(
                     f"{source} line {row}: unknown finding {name!r} in 'Finding Labels'; "
                     f"expected one of {sorted(known)}."
                 )
@@ -254,7 +255,7 @@ def image_side(path: Path) -> int:
         with Image.open(path) as image:
             return max(image.size)
     except (OSError, SyntaxError) as error:
-        raise ValueError(f"{path}: not a readable image ({error}); re-download it or delete it.") from error
+        raise BadInput(f"{path}: not a readable image ({error}); re-download it or delete it.") from error
 
 
 def is_low_resolution(frame: pd.DataFrame | pd.Series) -> pd.Series | bool:
@@ -415,7 +416,7 @@ def label_matrix(frame: pd.DataFrame, labels: tuple[str, ...] = config.LABELS) -
         if label == config.NO_FINDING and label not in frame:
             columns.append((frame[list(config.LABELS)].sum(axis=1) == 0).to_numpy())
         elif label not in frame:
-            raise ValueError(f"Split table has no column {label!r}; regenerate it with `python split_data.py`.")
+            raise BadInput(f"Split table has no column {label!r}; regenerate it with `python split_data.py`.")
         else:
             columns.append(frame[label].to_numpy())
     return np.stack(columns, axis=1).astype(np.float32)

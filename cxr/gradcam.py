@@ -243,7 +243,7 @@ def localisation_scores(
     Returns:
         One row per box: ``Image``, ``Finding``, ``x``, ``y``, ``w``, ``h`` (in model-input pixels),
         ``hit`` (pointing game), ``IoU``, ``vanished``, and what a map that ignores the image would
-        score on the box (``pointing_baselines``).
+        score on the box: ``random point hit`` and ``centre hit`` (``pointing_baselines``).
     """
     return _localisation_scores_by_layer(
         model, frame, images, statistics, labels, boxes, (layer_name,), threshold, box_size

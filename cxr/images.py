@@ -21,7 +21,7 @@ from cxr.files import atomic_write
 CANONICAL_SIZE = 256
 
 
-class ImageReadError(ValueError):
+class ImageReadError(checks.BadInput):
     """An image file that cannot be used, with the file (and row) named in the message."""
 
 

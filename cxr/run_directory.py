@@ -29,6 +29,7 @@ import keras
 import pandas as pd
 
 from cxr import config
+from cxr.checks import BadInput
 from cxr.files import PARTIAL_PREFIX, atomic_write
 
 # Files a kill can leave behind: epoch weights never committed (or no longer named), half-written files
@@ -100,7 +101,7 @@ class RunDirectory:
 
         Raises:
             FileNotFoundError: if config.json or a weights file that state.json names is missing.
-            ValueError: if ``settings`` change a setting that a resumed run cannot follow.
+            BadInput: if ``settings`` change a setting that a resumed run cannot follow.
         """
         state = self.read_state()
         if not state:
@@ -114,7 +115,7 @@ class RunDirectory:
             )
         changed = changed_settings(settings, saved)
         if changed:
-            raise ValueError(
+            raise BadInput(
                 f"{self.path} holds a run with other settings ({changed}): resume it with those values "
                 "or use a new --output-dir."
             )

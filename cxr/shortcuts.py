@@ -63,7 +63,7 @@ def view_auroc(scores: np.ndarray, is_ap: np.ndarray, patients: np.ndarray, fold
     view instead of the disease; 0.5 would mean its scores carry no trace of the view.
 
     The folds keep each patient's images together (``patients``: one id per image): a patient's films
-    often share their view, and one of them in the training folds would tell the other's.
+    often share their view, so a film of the same patient in the training folds would give it away.
     """
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)

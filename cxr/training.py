@@ -36,8 +36,9 @@ class TrainConfig:
     cache_dir: str | None = str(config.SPLIT_DIR / "cache")
     labels: str = "14"  # "14" findings or the "4"-class variant (Effusion, Atelectasis, Infiltration, No Finding)
     image_size: int = 224  # the size the model is validated and shipped at
-    # Progressive resizing: the first `early_epochs` train at `early_image_size` (4 times cheaper at
-    # 112 px than at 224), the rest at `image_size`. Validation is always at `image_size`.
+    # Progressive resizing: the first `early_epochs` train at `early_image_size` (on a 2-core CPU an
+    # epoch at 128 px costs about 2.4 times less than at 224), the rest at `image_size`. Validation is
+    # always at `image_size`.
     early_image_size: int | None = None
     early_epochs: int = 0
     batch_size: int = 16

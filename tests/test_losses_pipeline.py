@@ -281,8 +281,10 @@ def test_training_batches_are_standardised_image_by_image(augmentation):
             assert np.all(image == 0)
 
 
-def test_the_same_seed_gives_the_same_augmented_batches():
-    # Many small batches, so that maps running in parallel would race for the random layers' seed state.
+def test_the_same_seed_gives_the_same_augmented_batches(monkeypatch):
+    # Many small batches and more threads than the runner may have cores, so that augmenting maps run in
+    # parallel would race for the random layers' seed state.
+    monkeypatch.setattr(pipeline, "PARALLEL_CALLS", 4)
     images, labels = numbered_images(256, side=32)
     augmentation = Augmentation(gamma=0.3, rotation=0.025, zoom=0.15, shift=0.05)
     first, second = (epoch(pipeline.make_dataset(images, labels, batch_size=2, training=True,

@@ -162,6 +162,10 @@ def test_force_replaces_an_existing_csv(folder, tmp_path):
     assert pd.read_csv(output)["image"].tolist() == [str(folder / "a.png")]
 
 
-def test_a_gradcam_path_that_is_a_file_is_refused_before_any_image_is_read(folder, capsys):
-    assert predict.main([str(folder / "a.png"), "--gradcam", str(folder / "a.png")]) == 2
-    assert "is a file, not a folder" in capsys.readouterr().err
+@pytest.mark.parametrize("option", ["--gradcam", "--output"])
+def test_a_file_where_an_output_folder_should_be_is_refused_before_any_image_is_read(folder, capsys, option,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(images, "read_image", lambda path: pytest.fail("an image was read"))
+    target = folder / "a.png" / "inside" / ("results.csv" if option == "--output" else "")
+    assert predict.main([str(folder / "a.png"), option, str(target)]) == 2
+    assert f"{folder / 'a.png'} is a file, not a folder" in capsys.readouterr().err

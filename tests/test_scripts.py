@@ -171,3 +171,12 @@ def test_train_reports_a_bad_cell_of_a_split_file_without_a_traceback(tmp_path, 
     assert status == 1
     error = capsys.readouterr().err
     assert error.startswith(f"error: {splits / 'train.csv'} line 5 (Image {frame.loc[3, 'Image']}), column 'Hernia'")
+
+
+def test_train_keeps_the_traceback_of_an_error_that_is_not_the_users(tmp_path, monkeypatch):
+    def broken(cfg):
+        raise ValueError("a shape mismatch inside Keras")  # a bug: no message for the user to act on
+
+    monkeypatch.setattr(train, "train", broken)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        train.main(["--output-dir", str(tmp_path / "run"), "--epochs", "1", "--image-size", "32"])
