@@ -16,6 +16,7 @@ precision, which is refused if it costs 0.002 mean AUROC or more on either split
 
 import argparse
 import datetime
+import os
 import tempfile
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def main() -> None:
         args.destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise SystemExit(f"--destination {args.destination}: its folder cannot be created ({error}).") from error
+    if not os.access(args.destination.parent, os.W_OK):
+        raise SystemExit(f"--destination {args.destination}: its folder {args.destination.parent} is not writable.")
 
     run_config, state, normalisation = read_run(args.run_dir)
     labels = list(config.LABEL_SETS[run_config["labels"]])

@@ -67,6 +67,15 @@ def test_export_refuses_a_destination_it_cannot_write_before_reading_the_run(tmp
         export_model.main()
 
 
+def test_export_refuses_a_destination_folder_it_cannot_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_model.os, "access", lambda path, mode: False)  # as for a read-only folder
+    destination = tmp_path / "model"
+    monkeypatch.setattr(sys, "argv", ["export_model.py", str(tmp_path / "no run"), "--destination", str(destination)])
+    monkeypatch.setattr(export_model, "read_run", lambda run_dir: pytest.fail("the run was read"))
+    with pytest.raises(SystemExit, match=rf"its folder {tmp_path} is not writable"):
+        export_model.main()
+
+
 def test_export_names_a_run_file_that_is_not_json(tmp_path, monkeypatch):
     for name in ("config.json", "state.json", "normalisation.json", "best.weights.h5"):
         (tmp_path / name).write_text("{}")
