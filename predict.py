@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     from cxr import gradcam, images, plots
     from cxr.files import atomic_write
-    from cxr.inference import ShippedModel, not_a_radiograph
+    from cxr.inference import NotARadiograph, ShippedModel
 
     try:
         shipped = ShippedModel.load(args.model)
@@ -128,16 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         batch_names, pixels = [], []
         for path in files[start:start + BATCH_SIZE]:
             try:
-                original = images.read_image(path)
-                preprocessed = shipped.preprocess(original)
-                problem = not_a_radiograph(original.shape[1], original.shape[0], preprocessed)
-                if problem:
-                    raise ValueError(f"the image {problem}")
-                pixels.append(preprocessed)
+                pixels.append(shipped.preprocess(images.read_image(path)))
                 batch_names.append(str(path))
             except (OSError, ValueError) as error:  # missing, unreadable, not an image, not a radiograph
                 failed.append(path)
-                print(f"skipped {path}: {error}", file=sys.stderr)
+                reason = f"the image {error}" if isinstance(error, NotARadiograph) else error
+                print(f"skipped {path}: {reason}", file=sys.stderr)
         if pixels:
             stack = np.stack(pixels)
             batch_probabilities = shipped.probabilities(stack, BATCH_SIZE)

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from cxr import config
 from cxr.gradcam import explain_findings
 from cxr.images import ImageReadError, read_image
-from cxr.inference import ShippedModel, Standardisation, not_a_radiograph
+from cxr.inference import NotARadiograph, ShippedModel, Standardisation, not_a_radiograph
 from cxr.plots import plot_gradcam
 
 DEFAULT_MODEL = config.SHIPPED_MODEL
@@ -157,11 +157,10 @@ class Predictor:
                 f"{quoted_name(path)} could not be decoded: the file is truncated or corrupt. "
                 "Upload the complete PNG or JPEG file."
             ) from error
-        pixels = self.shipped.preprocess(original)  # resized (and blurred) as in training
-        problem = not_a_radiograph(original.shape[1], original.shape[0], pixels)
-        if problem:
-            raise UnusableUpload(f"{quoted_name(path)} {problem}")
-        return pixels
+        try:
+            return self.shipped.preprocess(original)  # resized (and blurred) as in training
+        except NotARadiograph as error:
+            raise UnusableUpload(f"{quoted_name(path)} {error}") from error
 
     # --- inference ----------------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ def checked_numbers(
         shown = "an empty cell" if pd.isna(value) else repr(value)
         where = f"{path} line {np.asarray(lines)[row]} ({image_column} {table[image_column].iloc[row]})"
         raise BadInput(f"{where}, column {column!r}: {shown} is not {kind.meaning} "
-                         f"({int((~good).sum())} such row(s)). {remedy}")
+                       f"({int((~good).sum())} such row(s)). {remedy}")
     return values
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from cxr.calibration import calibrate
-from cxr.checks import is_number
+from cxr.checks import BadInput, is_number
 from cxr.files import atomic_write_all
 from cxr.images import to_model_size
 from cxr.model import (
@@ -192,6 +192,11 @@ MIN_SIDE = 64
 MIN_CONTRAST = 2.0
 
 
+class NotARadiograph(BadInput):
+    """A decoded image too small or too blank to be a chest radiograph; the message continues the
+    file's name ("x.png is 1 x 1 pixels; ...")."""
+
+
 def not_a_radiograph(width: int, height: int, pixels: np.ndarray | None = None) -> str | None:
     """Why an image of ``width`` x ``height`` pixels cannot be a chest radiograph, or None if it can.
 
@@ -340,8 +345,13 @@ class ShippedModel:
         return float(self.card.get("blur", 0.0))
 
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
-        """A decoded (H, W) uint8 image brought to the model's input as training saw it: resized, then blurred."""
-        return to_model_size(pixels, self.image_size, self.blur)
+        """A decoded (H, W) uint8 image brought to the model's input as training saw it: resized, then
+        blurred; NotARadiograph (``not_a_radiograph``) for an image too small or too blank."""
+        model_input = to_model_size(pixels, self.image_size, self.blur)
+        problem = not_a_radiograph(pixels.shape[1], pixels.shape[0], model_input)
+        if problem:
+            raise NotARadiograph(problem)
+        return model_input
 
     @property
     def statistics(self) -> Standardisation:

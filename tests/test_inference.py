@@ -16,6 +16,7 @@ from cxr.images import to_model_size
 from cxr.inference import (
     PER_IMAGE,
     TRAINING_STATISTICS,
+    NotARadiograph,
     ShippedModel,
     check_standardisation,
     model_files,
@@ -190,6 +191,14 @@ def test_shipped_model_reads_its_fields_from_the_card(network):
     assert ShippedModel(network, {**CARD, "gradcam_layer": "pool4_relu"}).gradcam_layer == "pool4_relu"
     with pytest.raises(ValueError, match="'gradcam_layer' names 'block9'"):
         ShippedModel(network, {**CARD, "gradcam_layer": "block9"})
+
+
+@pytest.mark.parametrize(("pixels", "reason"), [(np.full((300, 300), 128, np.uint8), "has almost no contrast"),
+                                                 (np.zeros((1, 400), np.uint8), "is 400 x 1 pixels")],
+                         ids=["blank", "a line"])
+def test_shipped_model_refuses_to_preprocess_what_cannot_be_a_radiograph(network, pixels, reason):
+    with pytest.raises(NotARadiograph, match=reason):
+        ShippedModel(network, CARD).preprocess(pixels)
 
 
 def test_shipped_model_preprocesses_as_its_card_says_resized_then_blurred(network):
